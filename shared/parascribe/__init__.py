@@ -1,0 +1,3 @@
+"""parascribe: the library every service imports."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,155 @@
+"""One validated settings object for every service.
+
+Variables are read from the environment without a prefix, because users already
+set ``TRANSCRIPTION_METHOD``, ``GPU_BATCH_SIZE`` and friends by those names.
+A wrong value fails at start-up with the variable's name and what is allowed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from parascribe import names
+from parascribe.errors import ConfigError
+
+Method = Literal["auto", "gpu", "deepgram", "hybrid"]
+
+
+class Settings(BaseSettings):
+    """Every setting the pipeline reads. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- where things live ---
+    gcp_project: str = Field("parascribe-local", min_length=1)
+    bucket_prefix: str = Field("", pattern=r"^[a-z0-9-]*$")
+    pubsub_emulator_host: str | None = None
+    storage_emulator_host: str | None = None
+
+    # --- transcription choices (names users already have) ---
+    enable_gpu_transcription: bool = True
+    transcription_method: Method = "auto"
+    parakeet_model_name: str = Field("nvidia/parakeet-tdt-0.6b-v2", min_length=1)
+    gpu_batch_size: int = Field(16, ge=1, le=512)
+    gpu_memory_limit_gb: float | None = Field(None, gt=0)
+    chunk_duration_minutes: float = Field(10.0, gt=0, le=60)
+    enable_fallback: bool = True
+    cost_optimization: bool = True
+
+    # --- planning and limits ---
+    chunk_overlap_seconds: float = Field(2.0, ge=0, le=30)
+    max_audio_minutes: float = Field(360.0, gt=0)
+    max_upload_mb: float = Field(4096.0, gt=0)
+    default_deadline_minutes: float = Field(60.0, gt=0)
+    gpu_expected_rtfx: float = Field(150.0, gt=0)
+    gpu_startup_seconds: float = Field(60.0, ge=0)
+    deepgram_expected_rtfx: float = Field(60.0, gt=0)
+    deepgram_request_overhead_seconds: float = Field(3.0, ge=0)
+
+    # --- ASR worker ---
+    asr_engine: Literal["auto", "parakeet", "offline"] = "auto"
+    asr_device: Literal["auto", "cuda", "cpu"] = "auto"
+    gpu_batch_linger_ms: int = Field(200, ge=0, le=10_000)
+    long_audio_threshold_seconds: float = Field(900.0, gt=0)
+    offline_model_path: str | None = None
+
+    # --- Deepgram ---
+    deepgram_api_key: SecretStr | None = None
+    deepgram_base_url: str | None = None
+    deepgram_model: str = "nova-3"
+    deepgram_language: str = "en"
+    deepgram_smart_format: bool = True
+    deepgram_utterances: bool = False
+    deepgram_paragraphs: bool = False
+    deepgram_diarize: bool = False
+    deepgram_timeout_seconds: float = Field(300.0, gt=0)
+    deepgram_max_concurrency: int = Field(16, ge=1, le=100)
+
+    # --- webhook ---
+    convex_webhook_url: str | None = None
+    convex_webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+
+    # --- metrics and prices (USD) ---
+    metrics_exporter: Literal["cloud", "local", "none"] = "local"
+    metrics_flush_seconds: float = Field(60.0, ge=10)
+    deepgram_price_per_minute: float = Field(0.0043, ge=0)
+    gpu_price_per_second: float = Field(0.0001867, ge=0)
+    cpu_price_per_vcpu_second: float = Field(0.000018, ge=0)
+    memory_price_per_gib_second: float = Field(0.000002, ge=0)
+    gpu_instance_vcpus: int = Field(4, ge=1)
+    gpu_instance_memory_gib: int = Field(16, ge=1)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.transcription_method == "gpu" and not self.enable_gpu_transcription:
+            raise ValueError(
+                "TRANSCRIPTION_METHOD=gpu needs ENABLE_GPU_TRANSCRIPTION=true "
+                "(or choose auto|deepgram|hybrid)"
+            )
+        if self.convex_webhook_url and not self.convex_webhook_secret:
+            raise ValueError("CONVEX_WEBHOOK_URL is set but CONVEX_WEBHOOK_SECRET is empty: webhooks are always signed")
+        if self.convex_webhook_url and not self.convex_webhook_url.startswith(("http://", "https://")):
+            raise ValueError("CONVEX_WEBHOOK_URL must start with http:// or https://")
+        return self
+
+    def bucket(self, base: str) -> str:
+        """The deployed name of one of :data:`parascribe.names.BUCKETS`."""
+        return names.bucket_name(base, self.bucket_prefix)
+
+    @property
+    def uploads_bucket(self) -> str:
+        return self.bucket(names.BUCKET_UPLOADS)
+
+    @property
+    def transcripts_bucket(self) -> str:
+        return self.bucket(names.BUCKET_TRANSCRIPTS)
+
+    @property
+    def state_bucket(self) -> str:
+        return self.bucket(names.BUCKET_STATE)
+
+    @property
+    def chunk_seconds(self) -> float:
+        return self.chunk_duration_minutes * 60.0
+
+    def topic_path(self, topic: str) -> str:
+        return f"projects/{self.gcp_project}/topics/{topic}"
+
+    def subscription_path(self, sub: str) -> str:
+        return f"projects/{self.gcp_project}/subscriptions/{sub}"
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]).upper() or "settings"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"{loc}: {e['msg']}{got_s}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, failing with a readable message.
+
+    Raises:
+        ConfigError: naming each wrong variable and the values it allows.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once."""
+    return load_settings()

@@ -1,0 +1,256 @@
+"""Typed, versioned contracts between services.
+
+Every message carries ``schema_version``. Readers ignore fields they do not
+know, so a field can be added without breaking an older reader; a change that
+breaks readers bumps the version. Messages carry references (gs:// URIs,
+offsets), never audio bytes. All times are seconds in *file time* unless a
+name says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from parascribe.errors import MalformedMessageError
+
+SCHEMA_VERSION = 1
+
+Path = Literal["gpu", "deepgram"]
+EngineName = Literal["parakeet", "offline", "deepgram"]
+JobState = Literal["queued", "transcribing", "done", "failed"]
+Method = Literal["auto", "gpu", "deepgram", "hybrid"]
+
+# Pub/Sub attribute that tells a results-topic reader which model the body holds.
+ATTR_TYPE = "type"
+TYPE_CHUNK_RESULT = "chunk_result"
+TYPE_JOB_FAILED = "job_failed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Base of every contract: versioned, tolerant of unknown fields."""
+
+    model_config = ConfigDict(extra="ignore", frozen=False)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+C = TypeVar("C", bound=Contract)
+
+
+def decode(cls: type[C], data: bytes | str) -> C:
+    """Parse a message body into ``cls``.
+
+    Raises:
+        MalformedMessageError: the body is not JSON or does not match ``cls``.
+    """
+    try:
+        obj = cls.model_validate_json(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise MalformedMessageError(f"malformed {cls.__name__}: {where}: {first['msg']}") from None
+    if obj.schema_version > SCHEMA_VERSION:
+        raise MalformedMessageError(
+            f"{cls.__name__} schema_version {obj.schema_version} is newer than this reader ({SCHEMA_VERSION})"
+        )
+    return obj
+
+
+def make_job_id(bucket: str, name: str, generation: str | int) -> str:
+    """Deterministic job id: one upload (bucket, object, generation) is one job."""
+    digest = hashlib.sha256(f"{bucket}\x00{name}\x00{generation}".encode()).hexdigest()
+    return f"j{digest[:20]}"
+
+
+class SourceRef(Contract):
+    """The uploaded object a job transcribes."""
+
+    bucket: str
+    name: str
+    generation: str
+    size: int = Field(ge=0)
+    content_type: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"gs://{self.bucket}/{self.name}"
+
+    @property
+    def job_id(self) -> str:
+        return make_job_id(self.bucket, self.name, self.generation)
+
+
+class UploadEvent(Contract):
+    """An OBJECT_FINALIZE in the upload bucket, from either trigger shape.
+
+    ``method`` and ``deadline_minutes`` come from the object's custom metadata
+    (``parascribe-method``, ``parascribe-deadline-minutes``), which is how a
+    client asks for something other than the defaults.
+    """
+
+    source: SourceRef
+    event_time: datetime | None = None
+    method: Method | None = None
+    deadline_minutes: float | None = Field(None, gt=0)
+    webhook_url: str | None = None
+
+
+class AudioInfo(Contract):
+    """What the probe learnt from the container header."""
+
+    duration_s: float = Field(ge=0)
+    sample_rate: int = Field(ge=0)
+    channels: int = Field(ge=0)
+    codec: str
+    container: str
+
+
+class ChunkSpec(Contract):
+    """One chunk: the span it decodes and the core span it owns.
+
+    ``[start_s, end_s)`` includes the overlap; ``[core_start_s, core_end_s)``
+    does not. A word belongs to the chunk whose core span holds its midpoint.
+    """
+
+    index: int = Field(ge=0)
+    start_s: float = Field(ge=0)
+    end_s: float = Field(gt=0)
+    core_start_s: float = Field(ge=0)
+    core_end_s: float = Field(gt=0)
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+class PlannedChunk(ChunkSpec):
+    path: Path
+
+
+class JobManifest(Contract):
+    """Written once by the router under ``jobs/<job_id>/manifest.json``."""
+
+    job_id: str
+    source: SourceRef
+    audio: AudioInfo
+    method: Method
+    deadline_minutes: float
+    chunks: list[PlannedChunk]
+    estimated_cost_usd: float = 0.0
+    estimated_deepgram_only_usd: float = 0.0
+    webhook_url: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
+
+
+class ChunkTask(Contract):
+    """One chunk to transcribe, published to ``asr-gpu`` or ``asr-deepgram``."""
+
+    job_id: str
+    source: SourceRef
+    audio: AudioInfo
+    chunk: ChunkSpec
+    n_chunks: int = Field(ge=1)
+    path: Path
+    whole_file: bool = False
+    """True when the chunk is the whole file: Deepgram then fetches it by signed URL."""
+    fallback_reason: str | None = None
+    fallback_from: Path | None = None
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+
+class Word(Contract):
+    """One word in file time. ``text`` is the punctuated display form."""
+
+    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    text: str
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    confidence: float = Field(1.0, ge=0, le=1)
+    speaker: int | None = None
+
+    @property
+    def mid(self) -> float:
+        return (self.start + self.end) / 2
+
+
+class Segment(Contract):
+    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    text: str
+    start: float
+    end: float
+    speaker: int | None = None
+
+
+class ChunkResult(Contract):
+    """A transcribed (or permanently failed) chunk, published to ``asr-results``."""
+
+    job_id: str
+    chunk_index: int = Field(ge=0)
+    n_chunks: int = Field(ge=1)
+    engine: EngineName
+    path: Path
+    words: list[Word] = Field(default_factory=list)
+    audio_seconds: float = Field(ge=0)
+    processing_seconds: float = Field(ge=0)
+    billed_seconds: float = Field(0.0, ge=0)
+    fallback_reason: str | None = None
+    error: str | None = None
+    """Set when the chunk failed permanently; the job then fails with this reason."""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class JobFailed(Contract):
+    """Published to ``asr-results`` when a job fails before any chunk exists."""
+
+    job_id: str
+    reason: str
+    source: SourceRef | None = None
+
+
+class WebhookState(Contract):
+    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    state: Literal["none", "pending", "delivered", "webhook_failed", "disabled"] = "none"
+    attempts: int = 0
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
+class JobStatus(Contract):
+    """``jobs/<job_id>/status.json``: what a person or the CLI reads."""
+
+    job_id: str
+    state: JobState
+    chunks_done: int = 0
+    chunks_total: int = 0
+    reason: str | None = None
+    source: SourceRef | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    engines: list[str] = Field(default_factory=list)
+    webhook: WebhookState = Field(default_factory=WebhookState)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in ("done", "failed")
+
+    @property
+    def progress(self) -> str:
+        if self.state == "transcribing":
+            return f"transcribing {self.chunks_done}/{self.chunks_total}"
+        return self.state

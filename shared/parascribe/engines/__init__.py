@@ -1,0 +1,1 @@
+"""ASR engines behind one interface (:class:`parascribe.engines.base.AsrEngine`)."""

@@ -1,0 +1,51 @@
+"""The ASR engine interface every engine implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from parascribe.contracts import EngineName, Word
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class AudioChunk:
+    """Decoded audio for one chunk: 16 kHz mono float32, starting at ``offset_s`` in file time."""
+
+    key: str
+    samples: np.ndarray
+    offset_s: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+@dataclass
+class EngineOutput:
+    """Words for one chunk, already offset into file time."""
+
+    words: list[Word] = field(default_factory=list)
+    text: str = ""
+
+
+class AsrEngine(Protocol):
+    """Transcribes batches. Implementations are not thread-safe: call from one thread."""
+
+    name: EngineName
+
+    def transcribe(self, batch: Sequence[AudioChunk]) -> list[EngineOutput]:
+        """Transcribe a batch; output ``i`` belongs to ``batch[i]``.
+
+        Raises:
+            EngineOOMError: the batch did not fit in memory (a smaller one may).
+            EngineError: the engine failed for another reason.
+        """
+        ...
+
+    def close(self) -> None: ...

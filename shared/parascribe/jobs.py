@@ -1,0 +1,126 @@
+"""A job's durable state in GCS, under ``jobs/<job_id>/`` in the state bucket.
+
+- ``manifest.json``: written once by the router (``if_generation_match=0``).
+- ``chunks/<index>.json``: one :class:`ChunkResult` each, written once.
+- ``status.json``: :class:`JobStatus`, updated by compare-and-swap on generation.
+- ``final.json``: the finalisation marker; whoever creates it owns the webhook.
+
+Every write that must happen once uses a generation precondition, so duplicate
+deliveries and racing processes are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from parascribe.contracts import ChunkResult, JobManifest, JobStatus, decode, utcnow
+from parascribe.errors import TransientError
+from parascribe.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+_CAS_ATTEMPTS = 20
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+class JobStore:
+    """Reads and writes job state with GCS preconditions."""
+
+    def __init__(self, store: BlobStore, bucket: str) -> None:
+        self._store = store
+        self._bucket = bucket
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    def _path(self, job_id: str, leaf: str) -> str:
+        return f"{job_prefix(job_id)}{leaf}"
+
+    # --- manifest ---
+    def create_manifest(self, manifest: JobManifest) -> bool:
+        """Write the manifest once. False when it already existed (a redelivery)."""
+        gen = self._store.write(
+            self._bucket, self._path(manifest.job_id, "manifest.json"), manifest.to_bytes(), if_generation_match=0
+        )
+        return gen is not None
+
+    def manifest(self, job_id: str) -> JobManifest | None:
+        blob = self._store.read(self._bucket, self._path(job_id, "manifest.json"))
+        return decode(JobManifest, blob.data) if blob else None
+
+    # --- chunk results ---
+    def chunk_path(self, job_id: str, index: int) -> str:
+        return self._path(job_id, f"chunks/{index:06d}.json")
+
+    def put_chunk_result(self, result: ChunkResult) -> bool:
+        """Store a chunk result once. False when that chunk was already stored."""
+        gen = self._store.write(
+            self._bucket, self.chunk_path(result.job_id, result.chunk_index), result.to_bytes(), if_generation_match=0
+        )
+        return gen is not None
+
+    def chunk_indices(self, job_id: str) -> set[int]:
+        names = self._store.list(self._bucket, self._path(job_id, "chunks/"))
+        return {int(n.rsplit("/", 1)[1].split(".")[0]) for n in names if n.endswith(".json")}
+
+    def chunk_results(self, job_id: str) -> list[ChunkResult]:
+        out = []
+        for name in sorted(self._store.list(self._bucket, self._path(job_id, "chunks/"))):
+            blob = self._store.read(self._bucket, name)
+            if blob is not None:
+                out.append(decode(ChunkResult, blob.data))
+        return sorted(out, key=lambda r: r.chunk_index)
+
+    # --- status ---
+    def status(self, job_id: str) -> JobStatus | None:
+        blob = self._store.read(self._bucket, self._path(job_id, "status.json"))
+        return decode(JobStatus, blob.data) if blob else None
+
+    def update_status(
+        self, job_id: str, change: Callable[[JobStatus | None], JobStatus | None]
+    ) -> JobStatus | None:
+        """Read-modify-write ``status.json`` under a generation precondition.
+
+        ``change`` gets the current status (None if absent) and returns the new
+        one, or None to leave it alone. A final status (done/failed) is never
+        replaced by a non-final one, so late progress updates cannot undo it.
+        """
+        path = self._path(job_id, "status.json")
+        for _ in range(_CAS_ATTEMPTS):
+            blob = self._store.read(self._bucket, path)
+            current = decode(JobStatus, blob.data) if blob else None
+            new = change(current.model_copy(deep=True) if current else None)
+            if new is None:
+                return current
+            if current is not None and current.final and not new.final:
+                return current
+            new.updated_at = utcnow()
+            gen = self._store.write(self._bucket, path, new.to_bytes(), if_generation_match=blob.generation if blob else 0)
+            if gen is not None:
+                return new
+        raise TransientError(f"status of {job_id} kept changing under us ({_CAS_ATTEMPTS} attempts)")
+
+    # --- finalisation ---
+    def claim_final(self, job_id: str, body: bytes) -> bool:
+        """Create the final marker. True for exactly one caller per job."""
+        return self._store.write(self._bucket, self._path(job_id, "final.json"), body, if_generation_match=0) is not None
+
+    def is_final(self, job_id: str) -> bool:
+        return self._store.info(self._bucket, self._path(job_id, "final.json")) is not None
+
+    def recent(self, limit: int = 20) -> list[JobStatus]:
+        """Statuses of recent jobs, newest first."""
+        names = [n for n in self._store.list(self._bucket, "jobs/") if n.endswith("/status.json")]
+        statuses = []
+        for name in names:
+            blob = self._store.read(self._bucket, name)
+            if blob is not None:
+                statuses.append(decode(JobStatus, blob.data))
+        statuses.sort(key=lambda s: s.created_at or datetime.min, reverse=True)
+        return statuses[:limit]

@@ -1,0 +1,1 @@
+"""The local stack: real emulators and the services as local processes."""

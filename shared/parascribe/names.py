@@ -1,0 +1,66 @@
+"""Topic, subscription and bucket names, defined once.
+
+Code, the local stack and Terraform (via ``parascribe names --tfvars``) all read
+them from here. A deployment may prefix bucket names (``BUCKET_PREFIX``) because
+bucket names are global in GCP; topic names are per project and never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOPIC_AUDIO_UPLOADED = "audio-uploaded"
+TOPIC_ASR_GPU = "asr-gpu"
+TOPIC_ASR_DEEPGRAM = "asr-deepgram"
+TOPIC_ASR_RESULTS = "asr-results"
+TOPIC_DEAD_LETTER = "dead-letter"
+
+SUB_ROUTER = "router-push"
+SUB_ASR_GPU = "asr-gpu-pull"
+SUB_ASR_DEEPGRAM = "asr-deepgram-push"
+SUB_MERGER = "merger-push"
+SUB_DEAD_LETTER = "dead-letter-push"
+
+BUCKET_UPLOADS = "uploads"
+BUCKET_TRANSCRIPTS = "transcripts"
+BUCKET_STATE = "state"
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A subscription and where it delivers."""
+
+    name: str
+    topic: str
+    push_path: str | None
+    """HTTP path on the owning service for push delivery; None for streaming pull."""
+    service: str
+    ack_deadline_s: int = 60
+    max_delivery_attempts: int = 5
+    dead_letter: bool = True
+
+
+SUBSCRIPTIONS: tuple[Subscription, ...] = (
+    Subscription(SUB_ROUTER, TOPIC_AUDIO_UPLOADED, "/", "router"),
+    Subscription(SUB_ASR_GPU, TOPIC_ASR_GPU, None, "asr_worker", ack_deadline_s=600),
+    Subscription(SUB_ASR_DEEPGRAM, TOPIC_ASR_DEEPGRAM, "/pubsub", "deepgram_worker", ack_deadline_s=600),
+    Subscription(SUB_MERGER, TOPIC_ASR_RESULTS, "/pubsub", "merger"),
+    # The dead-letter topic itself has no dead-letter policy: its handler always acks.
+    Subscription(SUB_DEAD_LETTER, TOPIC_DEAD_LETTER, "/dead-letter", "merger", dead_letter=False,
+                 max_delivery_attempts=0),
+)
+
+TOPICS: tuple[str, ...] = (
+    TOPIC_AUDIO_UPLOADED,
+    TOPIC_ASR_GPU,
+    TOPIC_ASR_DEEPGRAM,
+    TOPIC_ASR_RESULTS,
+    TOPIC_DEAD_LETTER,
+)
+
+BUCKETS: tuple[str, ...] = (BUCKET_UPLOADS, BUCKET_TRANSCRIPTS, BUCKET_STATE)
+
+
+def bucket_name(base: str, prefix: str = "") -> str:
+    """The real bucket name for ``base`` under an optional deployment prefix."""
+    return f"{prefix}-{base}" if prefix else base
