@@ -102,7 +102,6 @@ class UploadEvent(Contract):
     event_time: datetime | None = None
     method: Method | None = None
     deadline_minutes: float | None = Field(None, gt=0)
-    webhook_url: str | None = None
 
 
 class AudioInfo(Contract):
@@ -148,7 +147,6 @@ class JobManifest(Contract):
     chunks: list[PlannedChunk]
     estimated_cost_usd: float = 0.0
     estimated_deepgram_only_usd: float = 0.0
-    webhook_url: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     @property

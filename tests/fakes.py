@@ -1,0 +1,79 @@
+"""In-memory fakes that keep the real adapters' semantics (generations, preconditions)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from parascribe.contracts import Contract
+from parascribe.storage import Blob, ObjectInfo
+
+
+class MemoryStore:
+    """A :class:`parascribe.storage.BlobStore` in memory, with GCS generation preconditions."""
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str], tuple[bytes, int, str, dict[str, str]]] = {}
+        self._gen = 0
+        self._lock = threading.Lock()
+
+    def read(self, bucket: str, name: str) -> Blob | None:
+        obj = self._objects.get((bucket, name))
+        return Blob(obj[0], obj[1]) if obj else None
+
+    def read_range(self, bucket: str, name: str, start: int, end: int, generation: str | None = None) -> bytes:
+        obj = self._objects.get((bucket, name))
+        if obj is None:
+            raise FileNotFoundError(f"gs://{bucket}/{name}")
+        return obj[0][start:end]
+
+    def info(self, bucket: str, name: str) -> ObjectInfo | None:
+        obj = self._objects.get((bucket, name))
+        if obj is None:
+            return None
+        return ObjectInfo(name=name, size=len(obj[0]), generation=obj[1], content_type=obj[2], metadata=obj[3])
+
+    def write(
+        self,
+        bucket: str,
+        name: str,
+        data: bytes,
+        content_type: str = "application/json",
+        if_generation_match: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int | None:
+        with self._lock:
+            current = self._objects.get((bucket, name))
+            if if_generation_match is not None:
+                current_gen = current[1] if current else 0
+                if current_gen != if_generation_match:
+                    return None
+            self._gen += 1
+            self._objects[(bucket, name)] = (data, self._gen, content_type, dict(metadata or {}))
+            return self._gen
+
+    def list(self, bucket: str, prefix: str) -> list[str]:
+        return sorted(n for (b, n) in self._objects if b == bucket and n.startswith(prefix))
+
+    def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None:
+        dest.write_bytes(self.read_range(bucket, name, 0, 1 << 62, generation))
+
+    def signed_url(self, bucket: str, name: str, expires: timedelta) -> str:
+        return f"http://fake-gcs.invalid/{bucket}/{name}?X-Goog-Expires={int(expires.total_seconds())}"
+
+
+class RecordingPublisher:
+    """A :class:`parascribe.bus.Publisher` that records what was published."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, Contract, dict[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, message: Contract, attributes: dict[str, str] | None = None) -> str:
+        with self._lock:
+            self.messages.append((topic, message, dict(attributes or {})))
+            return str(len(self.messages))
+
+    def on(self, topic: str) -> list[Contract]:
+        return [m for t, m, _ in self.messages if t == topic]
