@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     # --- metrics and prices (USD) ---
     metrics_exporter: Literal["cloud", "local", "none"] = "local"
     metrics_flush_seconds: float = Field(60.0, ge=10)
+    metrics_local_path: str = Field(".parascribe/metrics.jsonl", min_length=1)
+    metrics_location: str = Field("global", min_length=1)
     deepgram_price_per_minute: float = Field(0.0043, ge=0)
     gpu_price_per_second: float = Field(0.0001867, ge=0)
     cpu_price_per_vcpu_second: float = Field(0.000018, ge=0)

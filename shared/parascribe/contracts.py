@@ -227,6 +227,23 @@ class WebhookState(Contract):
     delivered_at: datetime | None = None
 
 
+class JobSummary(Contract):
+    """What a finished job amounted to: written on the status, sent in the webhook."""
+
+    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    duration_s: float = 0.0
+    word_count: int = 0
+    segment_count: int = 0
+    chunks: int = 0
+    engines: list[str] = Field(default_factory=list)
+    processing_seconds: float = 0.0
+    cost_usd: float = 0.0
+    cost_by_method: dict[str, float] = Field(default_factory=dict)
+    deepgram_only_usd: float = 0.0
+    savings_usd: float = 0.0
+    fallbacks: int = 0
+
+
 class JobStatus(Contract):
     """``jobs/<job_id>/status.json``: what a person or the CLI reads."""
 
@@ -239,6 +256,7 @@ class JobStatus(Contract):
     outputs: dict[str, str] = Field(default_factory=dict)
     engines: list[str] = Field(default_factory=list)
     webhook: WebhookState = Field(default_factory=WebhookState)
+    summary: JobSummary | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
