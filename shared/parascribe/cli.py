@@ -1,0 +1,259 @@
+"""``parascribe``: run the local stack, submit audio, follow jobs.
+
+The forms below are a public interface; keep them stable:
+
+    parascribe up [--detach]            parascribe down
+    parascribe submit FILE... [--wait] [--json] [--method M] [--deadline-minutes N]
+    parascribe status [JOB_ID] [--json]
+    parascribe metrics                  parascribe webhook redeliver JOB_ID
+    parascribe deepgram-server          parascribe names --json
+
+When a local stack runs (``$PARASCRIBE_HOME/stack.json``), commands talk to its
+emulators; otherwise they use the environment as is (e.g. real GCP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from parascribe import names
+from parascribe.errors import ConfigError
+
+log = logging.getLogger("parascribe.cli")
+
+
+def _stack_env() -> None:
+    from parascribe.local.stack import running_state
+
+    state = running_state()
+    if state is not None:
+        state.export_env()
+
+
+def _clients():  # type: ignore[no-untyped-def]
+    from parascribe.config import load_settings
+    from parascribe.jobs import JobStore
+    from parascribe.storage import GcsStore
+
+    _stack_env()
+    settings = load_settings()
+    store = GcsStore.create(settings.gcp_project)
+    return settings, store, JobStore(store, settings.state_bucket)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from parascribe.local import stack
+
+    state = stack.up()
+    print(f"parascribe stack is up (home {state.home})", file=sys.stderr)
+    for part, port in sorted(state.ports.items()):
+        print(f"  {part:<17} http://127.0.0.1:{port}", file=sys.stderr)
+    print(f"  pubsub emulator   {state.pubsub_host}\n  fake-gcs-server   {state.storage_host}", file=sys.stderr)
+    if args.detach:
+        return 0
+    print("press Ctrl-C to stop", file=sys.stderr)
+    try:
+        stack.wait_forever(state)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.down()
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from parascribe.local import stack
+
+    stopped = stack.down()
+    print("parascribe stack stopped" if stopped else "no parascribe stack was running", file=sys.stderr)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from parascribe.client import result_record, transcript_text, upload, wait_for
+
+    settings, store, jobs = _clients()
+    subs = [upload(store.client, settings, Path(f), args.method, args.deadline_minutes) for f in args.files]
+    if not args.wait:
+        for sub in subs:
+            print(json.dumps({"file": str(sub.file), "job_id": sub.job_id, "source": sub.uri}) if args.json
+                  else f"{sub.job_id}  {sub.uri}")
+        return 0
+    bars = {s.job_id: tqdm(total=0, desc=s.file.name, unit="chunk", disable=None, file=sys.stderr) for s in subs}
+
+    def progress(job_id: str, status: object) -> None:
+        from parascribe.contracts import JobStatus
+
+        bar = bars[job_id]
+        if isinstance(status, JobStatus):
+            bar.total = max(status.chunks_total, 1)
+            bar.n = status.chunks_total if status.state == "done" else status.chunks_done
+            bar.set_postfix_str(status.state)
+            bar.refresh()
+
+    statuses = wait_for(jobs, [s.job_id for s in subs], args.timeout, progress)
+    for bar in bars.values():
+        bar.close()
+    failed = False
+    for sub in subs:
+        status = statuses[sub.job_id]
+        text = transcript_text(store, status) if status and status.state == "done" else None
+        record = result_record(sub, status, text, timed_out=True)
+        failed |= record["status"] != "done"
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"{sub.file}: {record['status']}" + (f" ({record['reason']})" if record["reason"] else ""))
+            for fmt, uri in sorted(dict(record["outputs"]).items()):  # type: ignore[call-overload]
+                print(f"  {fmt:<13} {uri}")
+            if text:
+                print(text.strip())
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings, store, jobs = _clients()
+    if args.job_id:
+        status = jobs.status(args.job_id)
+        if status is None:
+            print(f"no job {args.job_id}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(status.model_dump_json(indent=2))
+        else:
+            print(f"{status.job_id}  {status.progress}" + (f"  reason: {status.reason}" if status.reason else ""))
+            print(f"  source   {status.source.uri if status.source else '-'}")
+            print(f"  created  {status.created_at:%Y-%m-%d %H:%M:%S}  updated {status.updated_at:%H:%M:%S}")
+            for fmt, uri in sorted(status.outputs.items()):
+                print(f"  {fmt:<13} {uri}")
+            print(f"  webhook  {status.webhook.state} ({status.webhook.attempts} attempts)")
+        return 0
+    recent = jobs.recent(args.limit)
+    if args.json:
+        print(json.dumps([json.loads(s.model_dump_json()) for s in recent]))
+        return 0
+    print(f"{'JOB':<22} {'STATE':<20} {'CREATED':<20} SOURCE")
+    for s in recent:
+        print(f"{s.job_id:<22} {s.progress:<20} {s.created_at:%Y-%m-%d %H:%M:%S}  {s.source.uri if s.source else '-'}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from parascribe.metrics import summarise_local
+
+    settings, _, _ = _clients()
+    print(summarise_local(Path(settings.metrics_local_path)))  # type: ignore[attr-defined]
+    return 0
+
+
+def cmd_webhook(args: argparse.Namespace) -> int:
+    from parascribe.webhook import redeliver
+
+    settings, _, jobs = _clients()
+    if not settings.convex_webhook_url:
+        from parascribe.local.stack import running_state
+
+        state = running_state()
+        if state is not None and state.webhook_secret:
+            from parascribe.config import load_settings
+
+            settings = load_settings(
+                convex_webhook_url=state.env["CONVEX_WEBHOOK_URL"], convex_webhook_secret=state.webhook_secret
+            )
+    result = redeliver(settings, jobs, args.job_id)
+    print(result)
+    return 0
+
+
+def _delegate(command: str, rest: list[str]) -> int:
+    if command == "deepgram-server":
+        from parascribe.local import deepgram_server
+
+        return int(deepgram_server.main(rest) or 0)
+    from parascribe.local import webhook_receiver
+
+    return int(webhook_receiver.main(rest) or 0)
+
+
+def cmd_names(args: argparse.Namespace) -> int:
+    from parascribe import metric_names
+
+    doc = {
+        "topics": list(names.TOPICS),
+        "buckets": list(names.BUCKETS),
+        "subscriptions": [vars(s) for s in names.SUBSCRIPTIONS],
+        "metrics": list(metric_names.ALL),
+    }
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="parascribe", description="Self-hosted transcription pipeline.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local stack")
+    up.add_argument("--detach", action="store_true", help="return once the stack is ready")
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
+
+    s = sub.add_parser("submit", help="upload audio and (optionally) wait for transcripts")
+    s.add_argument("files", nargs="+", metavar="FILE")
+    s.add_argument("--wait", action="store_true", help="wait until every job is done or failed")
+    s.add_argument("--json", action="store_true", help="print one JSON object per file")
+    s.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
+    s.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
+    s.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait (default 1800)")
+    s.set_defaults(fn=cmd_submit)
+
+    st = sub.add_parser("status", help="one job, or a table of recent jobs")
+    st.add_argument("job_id", nargs="?")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--limit", type=int, default=20)
+    st.set_defaults(fn=cmd_status)
+
+    sub.add_parser("metrics", help="summarise the local stack's metrics").set_defaults(fn=cmd_metrics)
+
+    wh = sub.add_parser("webhook", help="webhook operations")
+    wh_sub = wh.add_subparsers(dest="webhook_command", required=True)
+    rd = wh_sub.add_parser("redeliver", help="send a job's webhook again")
+    rd.add_argument("job_id")
+    rd.set_defaults(fn=cmd_webhook)
+
+    # These two parse their own options (see main()); listed here for --help.
+    sub.add_parser("deepgram-server", help="run the local Deepgram-compatible server", add_help=False)
+    sub.add_parser("webhook-receiver", help="run a local receiver that verifies signed webhooks", add_help=False)
+
+    n = sub.add_parser("names", help="print topic, subscription, bucket and metric names")
+    n.add_argument("--json", action="store_true")
+    n.set_defaults(fn=cmd_names)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("deepgram-server", "webhook-receiver"):
+        return _delegate(argv[0], argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(args))
+    except ConfigError as err:
+        print(f"parascribe: {err.reason}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"parascribe: {err}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # StackError and start-up failures
+        print(f"parascribe: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
