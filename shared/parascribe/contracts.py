@@ -173,7 +173,7 @@ class ChunkTask(Contract):
 class Word(Contract):
     """One word in file time. ``text`` is the punctuated display form."""
 
-    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     text: str
     start: float = Field(ge=0)
     end: float = Field(ge=0)
@@ -186,7 +186,7 @@ class Word(Contract):
 
 
 class Segment(Contract):
-    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     text: str
     start: float
     end: float
@@ -220,7 +220,7 @@ class JobFailed(Contract):
 
 
 class WebhookState(Contract):
-    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     state: Literal["none", "pending", "delivered", "webhook_failed", "disabled"] = "none"
     attempts: int = 0
     last_error: str | None = None
@@ -230,7 +230,7 @@ class WebhookState(Contract):
 class JobSummary(Contract):
     """What a finished job amounted to: written on the status, sent in the webhook."""
 
-    schema_version: int = Field(SCHEMA_VERSION, exclude=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     duration_s: float = 0.0
     word_count: int = 0
     segment_count: int = 0
