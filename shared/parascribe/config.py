@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     asr_device: Literal["auto", "cuda", "cpu"] = "auto"
     gpu_batch_linger_ms: int = Field(200, ge=0, le=10_000)
     long_audio_threshold_seconds: float = Field(900.0, gt=0)
+    parakeet_cpu_fallback: bool = False
     offline_model_path: str | None = None
 
     # --- Deepgram ---
