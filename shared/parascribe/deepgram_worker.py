@@ -1,0 +1,299 @@
+"""The Deepgram worker: a Pub/Sub push handler for ``asr-deepgram`` chunk tasks.
+
+For each :class:`~parascribe.contracts.ChunkTask` it asks Deepgram for a
+transcript and publishes a :class:`~parascribe.contracts.ChunkResult` to
+``asr-results`` (attribute ``type=chunk_result``), then acks:
+
+- ``whole_file`` tasks: Deepgram fetches the source itself through a V4 signed
+  URL, so no audio passes through the worker;
+- chunk spans: the span is cut from a local copy of the source
+  (:class:`~parascribe.decode.SourceCache`), encoded as FLAC and sent as bytes.
+
+Errors: a :class:`PermanentError` (audio Deepgram cannot read) publishes a
+result carrying ``error`` (the merger fails the job) and acks;
+:class:`DeepgramAuthError` and :class:`TransientError` nack, so Pub/Sub retries
+with backoff and the dead-letter topic catches what never succeeds.
+
+Concurrency. Deepgram allows at most 100 concurrent pre-recorded requests per
+project. Each process holds at most ``DEEPGRAM_MAX_CONCURRENCY`` requests open
+(a process-wide semaphore; one worker per process), so the bound is::
+
+    Cloud Run max instances × DEEPGRAM_MAX_CONCURRENCY ≤ 100
+    e.g. 6 instances × 16 = 96  (leave headroom for other clients of the key)
+
+Set the Cloud Run container concurrency (and gunicorn ``--threads``) to
+``DEEPGRAM_MAX_CONCURRENCY`` too, so an instance never queues more requests
+than it can send; a request that waits too long for a slot is nacked.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import google.auth
+import google.auth.transport.requests
+import numpy as np
+import soundfile as sf
+from flask import Flask
+from google.auth.credentials import AnonymousCredentials, Signing
+from google.cloud import storage
+
+from parascribe import names
+from parascribe.bus import Publisher, PubSubPublisher
+from parascribe.config import Settings
+from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkResult, ChunkTask, SourceRef, decode
+from parascribe.decode import SourceCache, decode_file
+from parascribe.engines.base import SAMPLE_RATE
+from parascribe.engines.deepgram import DeepgramTranscriber, DeepgramTranscript
+from parascribe.errors import BadAudioError, DeepgramAuthError, PermanentError, TransientError
+from parascribe.pushapp import PushMessage
+from parascribe.pushapp import create_app as create_push_app
+from parascribe.storage import BlobStore, GcsStore
+
+log = logging.getLogger(__name__)
+
+SERVICE = "deepgram_worker"
+DEFAULT_CACHE_BYTES = 1 << 30
+"""Cloud Run's disk is memory: keep at most this much source audio cached per instance."""
+
+Signer = Callable[[SourceRef, timedelta], str]
+"""Returns a V4 signed GET URL for a source object, valid for the given time."""
+
+
+class Transcriber(Protocol):
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript: ...
+
+    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript: ...
+
+
+class SourceFiles(Protocol):
+    def path(self, source: SourceRef) -> Path: ...
+
+
+@lru_cache(maxsize=1)
+def _local_signing_credentials() -> Signing:
+    """A throwaway service-account key: fake-gcs-server accepts any V4 signature."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.oauth2 import service_account
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "client_email": "parascribe-local@parascribe-local.iam.gserviceaccount.com",
+        "private_key": pem,
+        "private_key_id": "local",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    creds: Signing = service_account.Credentials.from_service_account_info(info)
+    return creds
+
+
+def emulator_signer(project: str, emulator_host: str) -> Signer:
+    """Signed URLs that point at fake-gcs-server (``STORAGE_EMULATOR_HOST``)."""
+    endpoint = emulator_host if "://" in emulator_host else f"http://{emulator_host}"
+    endpoint = endpoint.rstrip("/")
+    client = storage.Client(
+        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+    )
+    credentials = _local_signing_credentials()
+
+    def sign(source: SourceRef, expires: timedelta) -> str:
+        blob = client.bucket(source.bucket).blob(source.name)
+        return str(blob.generate_signed_url(
+            version="v4", expiration=expires, method="GET", credentials=credentials,
+            api_access_endpoint=endpoint, generation=int(source.generation) if source.generation else None,
+        ))
+
+    return sign
+
+
+def gcs_signer(client: storage.Client) -> Signer:
+    """Signed URLs in GCP, also from Cloud Run's metadata-server credentials.
+
+    Those credentials hold no private key, so the signature is made by the IAM
+    ``signBlob`` API with the service account's own access token (the account
+    needs ``roles/iam.serviceAccountTokenCreator`` on itself).
+    """
+    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+    lock = threading.Lock()
+
+    def sign(source: SourceRef, expires: timedelta) -> str:
+        blob = client.bucket(source.bucket).blob(source.name)
+        generation = int(source.generation) if source.generation else None
+        if isinstance(credentials, Signing):
+            return str(blob.generate_signed_url(
+                version="v4", expiration=expires, method="GET", credentials=credentials, generation=generation
+            ))
+        with lock:
+            if not credentials.valid:
+                credentials.refresh(google.auth.transport.requests.Request())
+            token = credentials.token
+        return str(blob.generate_signed_url(
+            version="v4", expiration=expires, method="GET", generation=generation,
+            service_account_email=getattr(credentials, "service_account_email", None), access_token=token,
+        ))
+
+    return sign
+
+
+def encode_flac(samples: np.ndarray) -> bytes:
+    """16 kHz mono float32 → 16-bit FLAC bytes."""
+    buf = io.BytesIO()
+    sf.write(buf, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+class DeepgramWorker:
+    """Handles ``asr-deepgram`` push messages; one per process (it owns the request slots)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        transcriber: Transcriber,
+        store: BlobStore,
+        publisher: Publisher,
+        cache: SourceFiles,
+        signer: Signer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._transcriber = transcriber
+        self._store = store
+        self._publisher = publisher
+        self._cache = cache
+        self._signer = signer or self._default_signer()
+        self._slots = threading.BoundedSemaphore(settings.deepgram_max_concurrency)
+        self._slot_wait_s = settings.deepgram_timeout_seconds
+        self._url_ttl = timedelta(seconds=max(900.0, 3 * settings.deepgram_timeout_seconds))
+
+    def _default_signer(self) -> Signer:
+        if self._settings.storage_emulator_host:
+            return emulator_signer(self._settings.gcp_project, self._settings.storage_emulator_host)
+        if isinstance(self._store, GcsStore):
+            return gcs_signer(self._store.client)
+        store = self._store
+        return lambda source, expires: store.signed_url(source.bucket, source.name, expires)
+
+    def handle(self, msg: PushMessage) -> None:
+        """Transcribe one chunk task and publish its result.
+
+        Raises:
+            MalformedMessageError: the body is not a ChunkTask (acked by the push app).
+            DeepgramAuthError: the key was rejected (nacked until someone fixes it).
+            TransientError: Deepgram, storage or Pub/Sub may succeed later (nacked).
+        """
+        task = decode(ChunkTask, msg.data)
+        ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "engine": "deepgram",
+               "path": "deepgram", "attempt": msg.delivery_attempt}
+        if task.path != "deepgram":
+            log.warning("task addressed to path %r reached the Deepgram worker; transcribing it anyway", task.path,
+                        extra=ctx)
+        started = time.monotonic()
+        try:
+            transcript = self._transcribe(task)
+        except DeepgramAuthError as err:
+            log.error("Deepgram rejected our key; nacking so the chunk is retried: %s", err.reason, extra=ctx)
+            raise
+        except PermanentError as err:
+            log.warning("chunk failed permanently: %s", err.reason, extra=ctx)
+            self._publish(self._result(task, time.monotonic() - started, error=err.reason), ctx)
+            return
+        result = self._result(task, time.monotonic() - started, transcript=transcript)
+        self._publish(result, ctx)
+        log.info("chunk transcribed: %d words, %.1fs audio, %.1fs billed, %.2fs", len(result.words),
+                 result.audio_seconds, result.billed_seconds, result.processing_seconds, extra=ctx)
+
+    def _transcribe(self, task: ChunkTask) -> DeepgramTranscript:
+        if task.whole_file:
+            url = self._signer(task.source, self._url_ttl)
+            with self._slot():
+                return self._transcriber.transcribe_url(url, offset_s=0.0)
+        data = self._cut(task)
+        with self._slot():
+            return self._transcriber.transcribe_bytes(data, offset_s=task.chunk.start_s)
+
+    def _cut(self, task: ChunkTask) -> bytes:
+        path = self._cache.path(task.source)
+        try:
+            samples = decode_file(path, task.chunk.start_s, task.chunk.end_s)
+        except ValueError as err:
+            raise PermanentError(f"chunk {task.chunk.index} has an invalid span: {err}") from None
+        if samples.size == 0:
+            raise BadAudioError(f"chunk {task.chunk.index} [{task.chunk.start_s:.2f}, {task.chunk.end_s:.2f}) "
+                                "holds no audio")
+        return encode_flac(samples)
+
+    def _slot(self) -> _Slot:
+        return _Slot(self._slots, self._slot_wait_s)
+
+    def _result(
+        self, task: ChunkTask, seconds: float, transcript: DeepgramTranscript | None = None, error: str | None = None
+    ) -> ChunkResult:
+        return ChunkResult(
+            job_id=task.job_id,
+            chunk_index=task.chunk.index,
+            n_chunks=task.n_chunks,
+            engine="deepgram",
+            path="deepgram",
+            words=transcript.words if transcript else [],
+            audio_seconds=task.chunk.duration_s,
+            processing_seconds=max(0.0, seconds),
+            billed_seconds=transcript.billed_seconds if transcript else 0.0,
+            fallback_reason=task.fallback_reason,
+            error=error,
+        )
+
+    def _publish(self, result: ChunkResult, ctx: dict[str, object]) -> None:
+        self._publisher.publish(
+            names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT, "job_id": result.job_id}
+        )
+        log.debug("published result of chunk %d", result.chunk_index, extra=ctx)
+
+
+class _Slot:
+    """One of the process's Deepgram request slots, or a TransientError when none frees up."""
+
+    def __init__(self, slots: threading.BoundedSemaphore, wait_s: float) -> None:
+        self._slots = slots
+        self._wait_s = wait_s
+
+    def __enter__(self) -> None:
+        if not self._slots.acquire(timeout=self._wait_s):
+            raise TransientError(f"no Deepgram request slot free after {self._wait_s:.0f}s "
+                                 "(DEEPGRAM_MAX_CONCURRENCY requests in flight)")
+
+    def __exit__(self, *exc: object) -> None:
+        self._slots.release()
+
+
+def build_worker(
+    settings: Settings, cache_dir: Path | None = None, cache_max_bytes: int = DEFAULT_CACHE_BYTES
+) -> DeepgramWorker:
+    """The worker with real adapters: Deepgram SDK, GCS, Pub/Sub (emulators when configured)."""
+    store = GcsStore.create(settings.gcp_project)
+    cache = SourceCache(store, cache_dir or Path(tempfile.gettempdir()) / "parascribe-deepgram-sources",
+                        cache_max_bytes)
+    return DeepgramWorker(
+        settings,
+        transcriber=DeepgramTranscriber(settings),
+        store=store,
+        publisher=PubSubPublisher(settings.gcp_project),
+        cache=cache,
+    )
+
+
+def create_app(worker: DeepgramWorker) -> Flask:
+    """The push app: ``POST /pubsub`` for ``asr-deepgram-push``, ``GET /healthz``."""
+    return create_push_app(SERVICE, {"/pubsub": worker.handle}, ready=lambda: True)

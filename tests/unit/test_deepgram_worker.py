@@ -1,0 +1,333 @@
+"""The Deepgram worker's push handler with in-memory storage and publishing, the real SDK and the local server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import jiwer
+import numpy as np
+import pytest
+import soundfile as sf
+from flask.testing import FlaskClient
+from parascribe import names
+from parascribe.config import Settings, load_settings
+from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, AudioInfo, ChunkResult, ChunkSpec, ChunkTask, SourceRef
+from parascribe.decode import SourceCache
+from parascribe.deepgram_worker import DeepgramWorker, create_app, emulator_signer
+from parascribe.engines.deepgram import DeepgramTranscriber, DeepgramTranscript
+from parascribe.errors import TransientError
+from parascribe.local.deepgram_server import RunningServer, start_in_thread
+from parascribe.pushapp import PushMessage
+from pydantic import SecretStr
+
+from tests.fakes import MemoryStore, RecordingPublisher
+
+KEY = "worker-test-key"
+SENTENCE = "the weather today is sunny with a light breeze from the west"
+LEAD_SILENCE_S = 3.0
+BUCKET = "uploads"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RunningServer]:
+    srv = start_in_thread(api_key=KEY)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults(server: RunningServer) -> Iterator[None]:
+    yield
+    httpx.delete(server.url + "/_faults")
+
+
+@pytest.fixture(scope="module")
+def padded_speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """WAV: :data:`LEAD_SILENCE_S` of silence, then the spoken :data:`SENTENCE`."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed: no test speech")
+    path = tmp_path_factory.mktemp("dg-worker") / "speech.wav"
+    subprocess.run(["espeak-ng", "-s", "140", "-w", str(path), SENTENCE], check=True, capture_output=True)
+    samples, sr = sf.read(str(path), dtype="float32")
+    padded = np.concatenate([np.zeros(int(LEAD_SILENCE_S * sr), dtype=np.float32), samples])
+    buf = io.BytesIO()
+    sf.write(buf, padded, sr, format="WAV")
+    return buf.getvalue()
+
+
+def wer(text: str) -> float:
+    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
+    return float(jiwer.wer(clean(SENTENCE), clean(text)))
+
+
+class StoreFiles(BaseHTTPRequestHandler):
+    """Serves ``GET /<bucket>/<name>`` from a MemoryStore, like a signed-URL endpoint."""
+
+    store: MemoryStore
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        bucket, _, name = urlparse(self.path).path.lstrip("/").partition("/")
+        blob = self.store.read(bucket, name)
+        if blob is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(blob.data)))
+        self.end_headers()
+        self.wfile.write(blob.data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class Rig:
+    def __init__(self, server: RunningServer, tmp: Path, key: str = KEY, max_retries: int = 2,
+                 **overrides: object) -> None:
+        self.store = MemoryStore()
+        self.publisher = RecordingPublisher()
+        values: dict[str, object] = {"deepgram_base_url": server.url, "deepgram_api_key": SecretStr(key),
+                                     "storage_emulator_host": None}
+        values.update(overrides)
+        self.settings: Settings = load_settings(**values)
+        handler = type("Handler", (StoreFiles,), {"store": self.store})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.signed: list[str] = []
+        self.worker = DeepgramWorker(
+            self.settings,
+            transcriber=DeepgramTranscriber(self.settings, max_retries=max_retries),
+            store=self.store,
+            publisher=self.publisher,
+            cache=SourceCache(self.store, tmp / "cache", 1 << 26),
+            signer=self.sign,
+        )
+
+    def sign(self, source: SourceRef, expires: timedelta) -> str:
+        url = (f"http://127.0.0.1:{self.httpd.server_address[1]}/{source.bucket}/{source.name}"
+               f"?X-Goog-Expires={int(expires.total_seconds())}&X-Goog-Signature=test")
+        self.signed.append(url)
+        return url
+
+    def upload(self, name: str, data: bytes) -> SourceRef:
+        gen = self.store.write(BUCKET, name, data, content_type="audio/wav")
+        return SourceRef(bucket=BUCKET, name=name, generation=str(gen), size=len(data), content_type="audio/wav")
+
+    def results(self) -> list[tuple[ChunkResult, dict[str, str]]]:
+        out = []
+        for topic, message, attrs in self.publisher.messages:
+            assert topic == names.TOPIC_ASR_RESULTS
+            assert isinstance(message, ChunkResult)
+            out.append((message, attrs))
+        return out
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def rig(server: RunningServer, tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(server, tmp_path)
+    yield r
+    r.close()
+
+
+def task_for(source: SourceRef, duration: float, start: float = 0.0, end: float | None = None,
+             whole_file: bool = False, fallback_reason: str | None = None) -> ChunkTask:
+    end = duration if end is None else end
+    return ChunkTask(
+        job_id="j-test",
+        source=source,
+        audio=AudioInfo(duration_s=duration, sample_rate=22_050, channels=1, codec="pcm_s16le", container="wav"),
+        chunk=ChunkSpec(index=3, start_s=start, end_s=end, core_start_s=start, core_end_s=end),
+        n_chunks=5,
+        path="deepgram",
+        whole_file=whole_file,
+        fallback_reason=fallback_reason,
+    )
+
+
+def push(client: FlaskClient, task: ChunkTask | bytes) -> int:
+    data = task if isinstance(task, bytes) else task.to_bytes()
+    envelope = {"message": {"data": base64.b64encode(data).decode(), "messageId": "m1", "attributes": {}},
+                "subscription": f"projects/p/subscriptions/{names.SUB_ASR_DEEPGRAM}", "deliveryAttempt": 2}
+    return int(client.post("/pubsub", data=json.dumps(envelope), content_type="application/json").status_code)
+
+
+def duration_of(data: bytes) -> float:
+    info = sf.info(io.BytesIO(data))
+    return float(info.frames / info.samplerate)
+
+
+def test_chunk_span_is_cut_encoded_and_transcribed_in_file_time(
+    rig: Rig, server: RunningServer, padded_speech: bytes
+) -> None:
+    total = duration_of(padded_speech)
+    source = rig.upload("talk.wav", padded_speech)
+    start = 2.0
+    rig.worker.handle(PushMessage(data=task_for(source, total, start=start, fallback_reason="gpu_timeout").to_bytes()))
+
+    [(result, attrs)] = rig.results()
+    assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
+    assert (result.engine, result.path, result.chunk_index, result.n_chunks) == ("deepgram", "deepgram", 3, 5)
+    assert result.error is None and result.fallback_reason == "gpu_timeout"
+    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    # Speech starts LEAD_SILENCE_S into the file; the span started at 2.0 s, so offsets were added.
+    assert result.words[0].start >= LEAD_SILENCE_S - 0.5
+    assert result.words[-1].end <= total + 0.05
+    assert result.audio_seconds == pytest.approx(total - start)
+    assert result.billed_seconds == pytest.approx(total - start, abs=0.05)  # only the span was sent
+    assert result.processing_seconds > 0
+    assert rig.signed == []
+    assert httpx.get(server.url + "/_stats").json()["last_source"] == "bytes"
+
+
+def test_whole_file_goes_by_signed_url(rig: Rig, server: RunningServer, padded_speech: bytes) -> None:
+    total = duration_of(padded_speech)
+    source = rig.upload("whole.wav", padded_speech)
+    rig.worker.handle(PushMessage(data=task_for(source, total, whole_file=True).to_bytes()))
+
+    [(result, _)] = rig.results()
+    assert len(rig.signed) == 1 and "/uploads/whole.wav" in rig.signed[0]
+    assert int(parse_qs(urlparse(rig.signed[0]).query)["X-Goog-Expires"][0]) >= 900
+    assert httpx.get(server.url + "/_stats").json()["last_source"] == "url"
+    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert result.words[0].start >= LEAD_SILENCE_S - 0.5
+    assert result.billed_seconds == pytest.approx(total, abs=0.05)
+
+
+def test_push_app_acks_after_publishing(rig: Rig, padded_speech: bytes) -> None:
+    total = duration_of(padded_speech)
+    source = rig.upload("push.wav", padded_speech)
+    client = create_app(rig.worker).test_client()
+    assert client.get("/healthz").status_code == 200
+    assert push(client, task_for(source, total, start=2.5)) == 204
+    [(result, _)] = rig.results()
+    assert result.words and result.error is None
+
+
+def test_undecodable_span_publishes_an_error_result_and_acks(rig: Rig) -> None:
+    source = rig.upload("broken.wav", b"RIFF" + b"\x00garbage" * 200)
+    client = create_app(rig.worker).test_client()
+    assert push(client, task_for(source, 10.0, start=0.0, end=5.0)) == 204
+    [(result, _)] = rig.results()
+    assert result.error and result.words == [] and result.chunk_index == 3
+
+
+def test_audio_deepgram_rejects_publishes_an_error_result_and_acks(rig: Rig) -> None:
+    source = rig.upload("broken-whole.wav", b"\x00not audio at all" * 100)
+    client = create_app(rig.worker).test_client()
+    assert push(client, task_for(source, 10.0, whole_file=True)) == 204
+    [(result, _)] = rig.results()
+    assert result.error is not None and "corrupt or unsupported data" in result.error
+
+
+def test_rejected_key_nacks_without_publishing(server: RunningServer, tmp_path: Path, padded_speech: bytes) -> None:
+    rig = Rig(server, tmp_path, key="the-wrong-key")
+    try:
+        source = rig.upload("auth.wav", padded_speech)
+        client = create_app(rig.worker).test_client()
+        assert push(client, task_for(source, duration_of(padded_speech), start=2.0)) == 503
+        assert rig.publisher.messages == []
+    finally:
+        rig.close()
+
+
+def test_persistent_server_errors_nack_without_publishing(
+    server: RunningServer, tmp_path: Path, padded_speech: bytes
+) -> None:
+    rig = Rig(server, tmp_path, max_retries=0)
+    try:
+        httpx.post(server.url + "/_faults", json={"status": 503, "count": 1}).raise_for_status()
+        source = rig.upload("busy.wav", padded_speech)
+        client = create_app(rig.worker).test_client()
+        assert push(client, task_for(source, duration_of(padded_speech), whole_file=True)) == 503
+        assert rig.publisher.messages == []
+    finally:
+        rig.close()
+
+
+def test_malformed_task_is_acked_and_dropped(rig: Rig) -> None:
+    client = create_app(rig.worker).test_client()
+    assert push(client, b'{"job_id": 5}') == 204
+    assert rig.publisher.messages == []
+
+
+class SlowTranscriber:
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def _work(self) -> DeepgramTranscript:
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.active -= 1
+        return DeepgramTranscript(billed_seconds=1.0)
+
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
+        return self._work()
+
+    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript:
+        return self._work()
+
+
+def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -> None:
+    store, publisher = MemoryStore(), RecordingPublisher()
+    settings = load_settings(deepgram_max_concurrency=2, storage_emulator_host=None)
+    slow = SlowTranscriber(0.2)
+    worker = DeepgramWorker(settings, slow, store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                            signer=lambda source, expires: "http://unused.invalid/x")
+    source = SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1)
+    msg = PushMessage(data=task_for(source, 1.0, whole_file=True).to_bytes())
+    threads = [threading.Thread(target=worker.handle, args=(msg,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert slow.peak == 2
+    assert len(publisher.messages) == 6
+
+
+def test_no_free_slot_in_time_is_transient(tmp_path: Path) -> None:
+    store, publisher = MemoryStore(), RecordingPublisher()
+    settings = load_settings(deepgram_max_concurrency=1, deepgram_timeout_seconds=0.2, storage_emulator_host=None)
+    worker = DeepgramWorker(settings, SlowTranscriber(1.0), store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                            signer=lambda source, expires: "http://unused.invalid/x")
+    msg = PushMessage(data=task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0,
+                                    whole_file=True).to_bytes())
+    busy = threading.Thread(target=worker.handle, args=(msg,))
+    busy.start()
+    time.sleep(0.05)
+    with pytest.raises(TransientError, match="slot"):
+        worker.handle(msg)
+    busy.join()
+    assert len(publisher.messages) == 1
+
+
+def test_emulator_signer_points_at_the_emulator_and_pins_the_generation() -> None:
+    sign = emulator_signer("parascribe-local", "127.0.0.1:4443")
+    url = sign(SourceRef(bucket="uploads", name="a b/c.wav", generation="17", size=1), timedelta(minutes=20))
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    assert f"{parsed.scheme}://{parsed.netloc}" == "http://127.0.0.1:4443"
+    assert parsed.path == "/uploads/a%20b/c.wav"
+    assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"] and query["X-Goog-Expires"] == ["1200"]
+    assert query["generation"] == ["17"] and len(query["X-Goog-Signature"][0]) == 512
