@@ -101,7 +101,7 @@ class UploadEvent(Contract):
     source: SourceRef
     event_time: datetime | None = None
     method: Method | None = None
-    deadline_minutes: float | None = Field(None, gt=0)
+    deadline_minutes: float | None = Field(default=None, gt=0)
 
 
 class AudioInfo(Contract):
@@ -177,7 +177,7 @@ class Word(Contract):
     text: str
     start: float = Field(ge=0)
     end: float = Field(ge=0)
-    confidence: float = Field(1.0, ge=0, le=1)
+    confidence: float = Field(default=1.0, ge=0, le=1)
     speaker: int | None = None
 
     @property
@@ -204,7 +204,7 @@ class ChunkResult(Contract):
     words: list[Word] = Field(default_factory=list)
     audio_seconds: float = Field(ge=0)
     processing_seconds: float = Field(ge=0)
-    billed_seconds: float = Field(0.0, ge=0)
+    billed_seconds: float = Field(default=0.0, ge=0)
     fallback_reason: str | None = None
     error: str | None = None
     """Set when the chunk failed permanently; the job then fails with this reason."""
