@@ -102,6 +102,8 @@ class UploadEvent(Contract):
     event_time: datetime | None = None
     method: Method | None = None
     deadline_minutes: float | None = Field(default=None, gt=0)
+    metadata_error: str | None = None
+    """Why the ``parascribe-*`` metadata was rejected; the router fails the job with this reason."""
 
 
 class AudioInfo(Contract):
