@@ -186,6 +186,10 @@ class DeepgramWorker:
         store = self._store
         return lambda source, expires: store.signed_url(source.bucket, source.name, expires)
 
+    def signed_url(self, source: SourceRef) -> str:
+        """A V4 signed GET URL for ``source``, valid long enough for Deepgram's retries."""
+        return self._signer(source, self._url_ttl)
+
     def handle(self, msg: PushMessage) -> None:
         """Transcribe one chunk task and publish its result.
 
@@ -217,7 +221,7 @@ class DeepgramWorker:
 
     def _transcribe(self, task: ChunkTask) -> DeepgramTranscript:
         if task.whole_file:
-            url = self._signer(task.source, self._url_ttl)
+            url = self.signed_url(task.source)
             with self._slot():
                 return self._transcriber.transcribe_url(url, offset_s=0.0)
         data = self._cut(task)

@@ -35,7 +35,7 @@ from pydantic import SecretStr
 from tests.fakes import MemoryStore, RecordingPublisher
 
 KEY = "worker-test-key"
-SENTENCE = "the weather today is sunny with a light breeze from the west"
+SENTENCE = "open the door and turn on the light in the kitchen"
 LEAD_SILENCE_S = 3.0
 BUCKET = "uploads"
 
