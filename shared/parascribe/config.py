@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     long_audio_threshold_seconds: float = Field(900.0, gt=0)
     parakeet_cpu_fallback: bool = False
     offline_model_path: str | None = None
+    source_cache_mb: float = Field(default=2048.0, gt=0)
+    port: int = Field(default=8080, ge=0, le=65535)
 
     # --- Deepgram ---
     deepgram_api_key: SecretStr | None = None
