@@ -10,6 +10,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import soundfile as sf
 from flask.testing import FlaskClient
 from google.cloud import pubsub_v1
 from parascribe import names
+from parascribe.bus import PubSubPublisher
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -34,9 +36,10 @@ from parascribe.contracts import (
 )
 from parascribe.deepgram_worker import build_worker, create_app
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
-from parascribe.local.emulators import Emulators
+from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.storage import GcsStore
 from pydantic import SecretStr
+from werkzeug.serving import make_server
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +192,23 @@ def test_service_entry_point_serves_the_push_route(
     assert push(client, task(source, duration_of(speech), whole_file=True)) == 204
     [(result, _)] = pull_results(settings)
     assert result.words
+
+
+def test_behind_a_real_push_subscription(tmp_path: Path, settings: Settings, store: GcsStore, speech: bytes) -> None:
+    """The emulator pushes a raw envelope to the worker over HTTP; the result lands on asr-results."""
+    app = create_app(build_worker(settings, cache_dir=tmp_path))
+    server = make_server(LOOPBACK, 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        provision(settings, push_endpoints={"deepgram_worker": f"http://{LOOPBACK}:{server.port}"})
+        source = upload(store, settings, "pushed.wav", speech)
+        PubSubPublisher(settings.gcp_project).publish(
+            names.TOPIC_ASR_DEEPGRAM, task(source, duration_of(speech), whole_file=False, start=1.0)
+        )
+        [(result, attrs)] = pull_results(settings, timeout_s=60.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
+    assert result.error is None and wer(" ".join(w.text for w in result.words)) <= 0.35

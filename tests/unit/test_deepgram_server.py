@@ -80,6 +80,10 @@ def assert_error_shape(resp: httpx.Response, status: int) -> dict[str, str]:
     return dict(body)
 
 
+def test_health_answers_once_the_engine_is_loaded(server: RunningServer) -> None:
+    assert httpx.get(server.url + "/healthz").status_code == 200
+
+
 def test_pre_recorded_response_shape(server: RunningServer, engine: ScriptedEngine) -> None:
     resp = listen(server, wav(3.0), model="nova-3", smart_format="true")
     assert resp.status_code == 200

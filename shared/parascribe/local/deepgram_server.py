@@ -237,6 +237,10 @@ def create_app(engine: AsrEngine | None = None, api_key: str | None = None) -> F
     def root() -> Response:
         return jsonify({"service": "parascribe local deepgram", "listen": "/v1/listen"})
 
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok", status=200)
+
     @app.post("/_faults")
     def add_fault() -> Response:
         body = request.get_json(silent=True) or {}
