@@ -16,4 +16,4 @@ logs.setup(SERVICE, settings.log_level)
 app = create_app(build_worker(settings))
 
 if __name__ == "__main__":
-    app.run(host=os.environ.get("HOST", "0.0.0.0"), port=int(os.environ.get("PORT", "8080")), threaded=True)
+    app.run(host=os.environ.get("HOST", "0.0.0.0"), port=settings.port, threaded=True)

@@ -62,8 +62,6 @@ from parascribe.storage import BlobStore, GcsStore
 log = logging.getLogger(__name__)
 
 SERVICE = "deepgram_worker"
-DEFAULT_CACHE_BYTES = 1 << 30
-"""Cloud Run's disk is memory: keep at most this much source audio cached per instance."""
 
 Signer = Callable[[SourceRef, timedelta], str]
 """Returns a V4 signed GET URL for a source object, valid for the given time."""
@@ -282,13 +280,15 @@ class _Slot:
         self._slots.release()
 
 
-def build_worker(
-    settings: Settings, cache_dir: Path | None = None, cache_max_bytes: int = DEFAULT_CACHE_BYTES
-) -> DeepgramWorker:
-    """The worker with real adapters: Deepgram SDK, GCS, Pub/Sub (emulators when configured)."""
+def build_worker(settings: Settings, cache_dir: Path | None = None) -> DeepgramWorker:
+    """The worker with real adapters: Deepgram SDK, GCS, Pub/Sub (emulators when configured).
+
+    Sources for chunk spans are cached under ``cache_dir`` up to ``SOURCE_CACHE_MB``;
+    on Cloud Run that disk is memory, so size the instance for it.
+    """
     store = GcsStore.create(settings.gcp_project)
     cache = SourceCache(store, cache_dir or Path(tempfile.gettempdir()) / "parascribe-deepgram-sources",
-                        cache_max_bytes)
+                        int(settings.source_cache_mb * 1024 * 1024))
     return DeepgramWorker(
         settings,
         transcriber=DeepgramTranscriber(settings),
