@@ -14,7 +14,9 @@ import io
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -211,9 +213,11 @@ class SourceCache:
 
     Many chunks of one file then decode from one local file. Entries are evicted
     least-recently-used once their total size passes ``max_bytes``; the entry just
-    fetched is never evicted, even when it alone is larger. A returned path stays
-    valid until roughly ``max_bytes`` of other sources have been fetched, so decode
-    from it straight away. Thread-safe: concurrent calls for one source download once.
+    fetched and entries held with :meth:`hold` are never evicted, even when that
+    leaves the cache over its limit. A path from :meth:`path` stays valid until
+    roughly ``max_bytes`` of other sources have been fetched; use :meth:`hold` when
+    other threads share the cache. Thread-safe: concurrent calls for one source
+    download once.
     """
 
     def __init__(self, store: BlobStore, cache_dir: Path, max_bytes: int) -> None:
@@ -227,6 +231,7 @@ class SourceCache:
         self._total = 0
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
+        self._pins: Counter[str] = Counter()
         self.hits = 0
         self.misses = 0
 
@@ -278,6 +283,27 @@ class SourceCache:
                 self._key_locks.pop(key, None)
             return dest
 
+    @contextmanager
+    def hold(self, source: SourceRef) -> Iterator[Path]:
+        """Like :meth:`path`, but the file is not evicted until the block exits.
+
+        Raises:
+            BadAudioError: the object no longer exists.
+            TransientError: the download failed in a way that may pass.
+        """
+        key = self._key(source)
+        with self._lock:
+            self._pins[key] += 1
+        try:
+            yield self.path(source)
+        finally:
+            with self._lock:
+                self._pins[key] -= 1
+                if self._pins[key] <= 0:
+                    del self._pins[key]
+                if key in self._entries:
+                    self._evict(keep=key)
+
     def _download(self, source: SourceRef, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.part")
         log.info("fetching %s (generation %s, %d bytes)", source.uri, source.generation, source.size)
@@ -288,12 +314,12 @@ class SourceCache:
             tmp.unlink(missing_ok=True)
 
     def _evict(self, keep: str) -> None:
-        while self._total > self._max_bytes and len(self._entries) > 1:
-            key, (path, size) = next(iter(self._entries.items()))
-            if key == keep:
-                self._entries.move_to_end(key)
+        for key in list(self._entries):
+            if self._total <= self._max_bytes:
+                return
+            if key == keep or self._pins.get(key):
                 continue
-            del self._entries[key]
+            path, size = self._entries.pop(key)
             self._total -= size
             path.unlink(missing_ok=True)
             log.debug("evicted %s (%d bytes) from the source cache", path.name, size)

@@ -49,6 +49,7 @@ def encode(path: Path, samples: np.ndarray, sr: int, fmt: str, codec: str, chann
     data = np.tile(samples[np.newaxis, :], (channels, 1)).astype(np.float32)
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=sr, layout=layout)
+        assert isinstance(stream, av.AudioStream)
         ctx = stream.codec_context
         resampler = av.AudioResampler(format=ctx.format.name, layout=layout, rate=sr, frame_size=ctx.frame_size or 1024)
         frame = av.AudioFrame.from_ndarray(data.T.reshape(1, -1).copy(), format="flt", layout=layout)
@@ -290,3 +291,16 @@ def test_cache_failed_download_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         cache.path(missing)
     assert list(tmp_path.iterdir()) == [] and missing not in cache
+
+
+def test_cache_never_evicts_a_held_source(tmp_path: Path) -> None:
+    store = CountingStore()
+    a = _source(store, "a.wav", b"a" * 100)
+    b = _source(store, "b.wav", b"b" * 100)
+    cache = SourceCache(store, tmp_path, max_bytes=150)
+    with cache.hold(a) as pa:
+        cache.path(b)  # over the limit, but a is held
+        assert pa.read_bytes() == b"a" * 100
+        assert a in cache and b in cache
+    assert a in cache and b not in cache  # released: back under the limit; the source just in use stays
+    assert cache.total_bytes == 100

@@ -1,0 +1,276 @@
+"""One batch of chunk tasks: decode, transcribe, recover, publish; no Pub/Sub.
+
+:class:`BatchProcessor` holds all of the worker's batch logic, so tests drive it
+directly: it publishes each task's :class:`ChunkResult` (or its fallback task)
+and returns an :class:`Outcome` per message saying whether to ack or nack it.
+
+Recovery: an out-of-memory (or failing) batch is halved and retried, down to
+single chunks. A chunk that still fails, or every chunk while the engine cannot
+be used at all, goes to Deepgram (``ENABLE_FALLBACK``) or becomes an error result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+from parascribe import names
+from parascribe.bus import Publisher
+from parascribe.config import Settings
+from parascribe.contracts import (
+    ATTR_TYPE,
+    TYPE_CHUNK_RESULT,
+    ChunkResult,
+    ChunkTask,
+    Contract,
+    EngineName,
+    Word,
+    decode,
+)
+from parascribe.decode import SourceCache, decode_file
+from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
+from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, PermanentError
+
+log = logging.getLogger(__name__)
+
+Action = Literal["ack", "nack"]
+Kind = Literal["result", "error", "fallback", "malformed", "retry"]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One received message, without its Pub/Sub handle."""
+
+    message_id: str
+    data: bytes
+    attributes: dict[str, str] = field(default_factory=dict)
+    delivery_attempt: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What happened to one message, and whether to ack or nack it."""
+
+    message_id: str
+    action: Action
+    kind: Kind
+    published: list[tuple[str, Contract]] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass
+class _Work:
+    """A parsed task on its way through one batch."""
+
+    pos: int
+    task: ChunkTask
+    chunk: AudioChunk | None = None
+    output: EngineOutput | None = None
+    failure: str | None = None
+    failure_detail: str = ""
+
+
+class BatchProcessor:
+    """Turns a batch of messages into published results and ack/nack decisions.
+
+    Args:
+        settings: ``ENABLE_FALLBACK`` matters here.
+        engine: the loaded engine, or None when it failed to load (every task then goes to Deepgram).
+        publisher: where results and fallback tasks go.
+        cache: local copies of sources.
+        engine_unavailable_reason: why ``engine`` is None.
+        decode_workers: threads that decode a batch's spans in parallel.
+
+    Call :meth:`process_batch` from one thread (engines are not thread-safe).
+    """
+
+    def __init__(self, settings: Settings, engine: AsrEngine | None, publisher: Publisher, cache: SourceCache, *,
+                 engine_unavailable_reason: str | None = None, decode_workers: int | None = None) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._engine_name: EngineName = engine.name if engine is not None else "parakeet"
+        self._unavailable = engine_unavailable_reason or "engine not loaded"
+        self._publisher = publisher
+        self._cache = cache
+        self._decoders = ThreadPoolExecutor(
+            max_workers=decode_workers or max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="asr-decode"
+        )
+        self.fallbacks: Counter[str] = Counter()
+        """Chunks sent to Deepgram, by reason."""
+        self.batch_sizes: list[int] = []
+        """Size of every batch handed to the engine, including retried halves."""
+
+    @property
+    def engine(self) -> AsrEngine | None:
+        return self._engine
+
+    @property
+    def unavailable_reason(self) -> str:
+        return self._unavailable
+
+    def close(self) -> None:
+        """Stop the decode threads and close the engine."""
+        self._decoders.shutdown(wait=True)
+        if self._engine is not None:
+            self._engine.close()
+
+    def process_batch(self, messages: Sequence[Inbound]) -> list[Outcome]:
+        """Transcribe a batch and publish what it produced; say how to settle each message.
+
+        Returns:
+            One :class:`Outcome` per message, in order. Every publish has already
+            happened when this returns; ``ack`` outcomes are safe to ack.
+        """
+        outcomes: list[Outcome | None] = [None] * len(messages)
+        work: list[_Work] = []
+        for pos, msg in enumerate(messages):
+            try:
+                work.append(_Work(pos, decode(ChunkTask, msg.data)))
+            except PermanentError as err:
+                log.error("dropping malformed message %s: %s", msg.message_id, err.reason)
+                outcomes[pos] = Outcome(msg.message_id, "ack", "malformed", reason=err.reason)
+        started = time.monotonic()
+        if self._engine is None:
+            for w in work:
+                w.failure, w.failure_detail = "engine_unavailable", self._unavailable
+        else:
+            self._decode_all(work, messages, outcomes)
+            ready = [w for w in work if outcomes[w.pos] is None]
+            if ready:
+                self._transcribe(ready)
+        wall = time.monotonic() - started
+        transcribed = [w for w in work if outcomes[w.pos] is None and w.output is not None]
+        total_audio = sum(_duration(w) for w in transcribed)
+        for w in work:
+            if outcomes[w.pos] is not None:
+                continue
+            share = wall * _duration(w) / total_audio if total_audio > 0 else wall / max(1, len(transcribed))
+            outcomes[w.pos] = self._settle(messages[w.pos], w, share)
+        return [o for o in outcomes if o is not None]
+
+    def _decode_all(self, work: list[_Work], messages: Sequence[Inbound], outcomes: list[Outcome | None]) -> None:
+        futures = [(w, self._decoders.submit(self._decode_one, w.task)) for w in work]
+        for w, fut in futures:
+            msg = messages[w.pos]
+            try:
+                w.chunk = fut.result()
+            except PermanentError as err:
+                reason = f"chunk {w.task.chunk.index} ({w.task.chunk.start_s:.1f}-{w.task.chunk.end_s:.1f} s) " \
+                         f"of {w.task.source.uri}: {err.reason}"
+                log.error("bad audio: %s", reason, extra=_ctx(w.task))
+                outcomes[w.pos] = self._publish_error(msg, w.task, reason)
+            except Exception as err:  # storage, disk, anything else: retrying may help
+                log.warning("cannot fetch or decode %s, will retry: %s", w.task.source.uri, err, extra=_ctx(w.task))
+                outcomes[w.pos] = Outcome(msg.message_id, "nack", "retry", reason=str(err))
+
+    def _decode_one(self, task: ChunkTask) -> AudioChunk:
+        with self._cache.hold(task.source) as path:
+            samples = decode_file(path, task.chunk.start_s, task.chunk.end_s)
+        return AudioChunk(key=f"{task.job_id}/{task.chunk.index}", samples=samples, offset_s=task.chunk.start_s)
+
+    def _transcribe(self, items: list[_Work]) -> None:
+        """Run the engine; on failure split the batch until single chunks fail alone."""
+        assert self._engine is not None
+        self.batch_sizes.append(len(items))
+        try:
+            outputs = self._engine.transcribe([w.chunk for w in items if w.chunk is not None])
+            if len(outputs) != len(items):
+                raise EngineError(f"engine returned {len(outputs)} outputs for {len(items)} chunks")
+        except EngineUnavailableError as err:
+            log.error("engine unusable on a batch of %d: %s", len(items), err.reason)
+            for w in items:
+                w.failure, w.failure_detail = "engine_unavailable", err.reason
+            return
+        except Exception as err:
+            oom = isinstance(err, EngineOOMError)
+            detail = err.reason if isinstance(err, EngineError) else f"{type(err).__name__}: {err}"
+            if len(items) > 1:
+                log.warning("engine %s on a batch of %d, retrying halves: %s",
+                            "out of memory" if oom else "failed", len(items), detail)
+                half = len(items) // 2
+                self._transcribe(items[:half])
+                self._transcribe(items[half:])
+                return
+            if not isinstance(err, EngineError):
+                log.exception("unexpected engine failure on %s", items[0].chunk.key if items[0].chunk else "?")
+            items[0].failure = "oom" if oom else "engine_error"
+            items[0].failure_detail = detail
+            return
+        for w, out in zip(items, outputs, strict=True):
+            w.output = out
+
+    def _settle(self, msg: Inbound, w: _Work, processing_s: float) -> Outcome:
+        task = w.task
+        if w.output is not None:
+            result = ChunkResult(
+                job_id=task.job_id,
+                chunk_index=task.chunk.index,
+                n_chunks=task.n_chunks,
+                engine=self._engine_name,
+                path=task.path,
+                words=_within_span(w.output.words, task.chunk.start_s, task.chunk.end_s),
+                audio_seconds=_duration(w),
+                processing_seconds=processing_s,
+                fallback_reason=task.fallback_reason,
+            )
+            return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "result")
+        reason = w.failure or "engine_error"
+        if not self._settings.enable_fallback:
+            return self._publish_error(msg, task, f"chunk {task.chunk.index} failed on the GPU engine "
+                                                  f"({reason}: {w.failure_detail}) and ENABLE_FALLBACK=false")
+        forwarded = task.model_copy(update={"path": "deepgram", "fallback_from": "gpu", "fallback_reason": reason})
+        outcome = self._publish(msg, task, names.TOPIC_ASR_DEEPGRAM, forwarded, None, "fallback", reason=reason)
+        if outcome.action == "ack":
+            self.fallbacks[reason] += 1
+            log.warning("chunk sent to Deepgram (%s: %s); fallbacks so far: %s", reason, w.failure_detail,
+                        dict(self.fallbacks), extra=_ctx(task))
+        return outcome
+
+    def _publish_error(self, msg: Inbound, task: ChunkTask, reason: str) -> Outcome:
+        result = ChunkResult(
+            job_id=task.job_id,
+            chunk_index=task.chunk.index,
+            n_chunks=task.n_chunks,
+            engine=self._engine_name,
+            path=task.path,
+            audio_seconds=0.0,
+            processing_seconds=0.0,
+            fallback_reason=task.fallback_reason,
+            error=reason,
+        )
+        return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "error",
+                             reason=reason)
+
+    def _publish(self, msg: Inbound, task: ChunkTask, topic: str, body: Contract, attrs: dict[str, str] | None,
+                 kind: Kind, reason: str | None = None) -> Outcome:
+        try:
+            self._publisher.publish(topic, body, attrs)
+        except Exception as err:  # TransientError from the adapter, or anything else: retry the message
+            log.warning("publishing to %s failed, will retry: %s", topic, err, extra=_ctx(task))
+            return Outcome(msg.message_id, "nack", "retry", reason=f"publish to {topic} failed: {err}")
+        return Outcome(msg.message_id, "ack", kind, [(topic, body)], reason)
+
+
+def _duration(w: _Work) -> float:
+    return w.chunk.duration_s if w.chunk is not None else 0.0
+
+
+def _within_span(words: list[Word], start_s: float, end_s: float) -> list[Word]:
+    """Words whose midpoint lies in ``[start_s, end_s]``, clamped to the span."""
+    kept = []
+    for word in words:
+        if start_s <= word.mid <= end_s:
+            s = min(max(word.start, start_s), end_s)
+            e = min(max(word.end, s), end_s)
+            kept.append(word if (s, e) == (word.start, word.end) else word.model_copy(update={"start": s, "end": e}))
+    return kept
+
+
+def _ctx(task: ChunkTask) -> dict[str, object]:
+    return {"job_id": task.job_id, "chunk_index": task.chunk.index}

@@ -1,0 +1,363 @@
+"""The GPU ASR worker: streaming pull from ``asr-gpu``, batched inference on one thread.
+
+The Pub/Sub callback only enqueues. One inference thread gathers a batch (up to
+``GPU_BATCH_SIZE`` messages, or ``GPU_BATCH_LINGER_MS`` after the first) and hands
+it to :class:`~parascribe.asr_batch.BatchProcessor`, which decodes, transcribes,
+recovers and publishes; the thread then acks or nacks each message, so a message
+is acked only after its result (or its fallback task) was published.
+
+``/healthz`` answers 200 once the engine is loaded and the pull is running (the
+Cloud Run startup probe). SIGTERM stops pulling, finishes the batch in hand,
+nacks what was queued and closes the engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import google.cloud.pubsub_v1 as pubsub_v1
+
+from parascribe import names
+from parascribe.asr_batch import BatchProcessor, Inbound, Outcome
+from parascribe.bus import Publisher, PubSubPublisher
+from parascribe.config import Settings
+from parascribe.decode import SourceCache
+from parascribe.engines.base import AsrEngine
+from parascribe.errors import EngineUnavailableError
+from parascribe.storage import BlobStore, GcsStore
+
+__all__ = ["AsrWorker", "Inbound", "Outcome", "build_worker"]
+
+log = logging.getLogger(__name__)
+
+# The client stops extending a message's deadline after this long; it is then redelivered.
+MAX_LEASE_S = 3600
+_POLL_S = 0.2
+
+
+class Ackable(Protocol):
+    """What the worker needs from a received message: a Pub/Sub ``Message`` has both."""
+
+    def ack(self) -> None: ...
+
+    def nack(self) -> None: ...
+
+
+@dataclass
+class _Pending:
+    inbound: Inbound
+    handle: Ackable
+
+
+class AsrWorker:
+    """Pulls chunk tasks, transcribes them in batches, publishes results.
+
+    Args:
+        settings: ``GPU_BATCH_SIZE``, ``GPU_BATCH_LINGER_MS`` and ``ENABLE_FALLBACK`` matter here.
+        engine: the loaded engine, or None when it failed to load: every task then
+            goes to Deepgram, which needs ``ENABLE_FALLBACK``.
+        store: where sources are read from (through ``cache``).
+        publisher: where results and fallback tasks go.
+        cache: local copies of sources.
+        engine_unavailable_reason: why ``engine`` is None, for logs and health.
+        health_port: port of the ``/healthz`` server; None for none, 0 for any free port.
+        decode_workers: threads that decode a batch's spans in parallel.
+        subscriber: a ``SubscriberClient``; one is created when None.
+
+    Raises:
+        EngineUnavailableError: ``engine`` is None and ``ENABLE_FALLBACK`` is false.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsrEngine | None,
+        store: BlobStore,
+        publisher: Publisher,
+        cache: SourceCache,
+        *,
+        engine_unavailable_reason: str | None = None,
+        health_port: int | None = None,
+        decode_workers: int | None = None,
+        subscriber: Any = None,
+    ) -> None:
+        if engine is None and not settings.enable_fallback:
+            raise EngineUnavailableError(
+                f"ASR engine unavailable ({engine_unavailable_reason or 'not loaded'}) and ENABLE_FALLBACK=false"
+            )
+        self._settings = settings
+        self._store = store
+        self._batch = BatchProcessor(settings, engine, publisher, cache,
+                                     engine_unavailable_reason=engine_unavailable_reason,
+                                     decode_workers=decode_workers)
+        self._batch_size = settings.gpu_batch_size
+        self._linger_s = settings.gpu_batch_linger_ms / 1000.0
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._halt = threading.Event()
+        self._stop_requested = threading.Event()
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self._accepting = False
+        self._thread: threading.Thread | None = None
+        self._subscriber = subscriber
+        self._own_subscriber = subscriber is None
+        self._pull_future: Any = None
+        self._pull_error: BaseException | None = None
+        self._health = _HealthServer(health_port, self._health_state) if health_port is not None else None
+        if engine is None:
+            log.error("ASR ENGINE UNAVAILABLE (%s): this worker forwards EVERY task to Deepgram",
+                      self._batch.unavailable_reason)
+
+    @property
+    def fallbacks(self) -> Counter[str]:
+        """Chunks sent to Deepgram, by reason."""
+        return self._batch.fallbacks
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """Size of every batch handed to the engine, including retried halves."""
+        return self._batch.batch_sizes
+
+    def process_batch(self, messages: Sequence[Inbound]) -> list[Outcome]:
+        """Transcribe a batch and publish what it produced; see :meth:`BatchProcessor.process_batch`."""
+        return self._batch.process_batch(messages)
+
+    # --- the inference thread ---
+
+    def submit(self, inbound: Inbound, handle: Ackable) -> None:
+        """Queue a message for the inference thread (the Pub/Sub callback calls this)."""
+        if not self._accepting:
+            handle.nack()
+            return
+        self._queue.put(_Pending(inbound, handle))
+
+    def _gather(self) -> list[_Pending] | None:
+        """The next batch, or None once the worker is halting."""
+        while True:
+            if self._halt.is_set():
+                return None
+            try:
+                first = self._queue.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                continue
+        batch = [first]
+        deadline = time.monotonic() + self._linger_s
+        while len(batch) < self._batch_size:
+            if self._halt.is_set():
+                for p in batch:
+                    p.handle.nack()
+                return None
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=min(remaining, _POLL_S)) if remaining > 0
+                             else self._queue.get_nowait())
+            except queue.Empty:
+                if remaining <= 0:
+                    break
+        return batch
+
+    def _loop(self) -> None:
+        while (batch := self._gather()) is not None:
+            try:
+                outcomes = self._batch.process_batch([p.inbound for p in batch])
+            except Exception:
+                log.exception("batch of %d failed unexpectedly; nacking it", len(batch))
+                outcomes = [Outcome(p.inbound.message_id, "nack", "retry") for p in batch]
+            for pending, outcome in zip(batch, outcomes, strict=True):
+                (pending.handle.ack if outcome.action == "ack" else pending.handle.nack)()
+
+    def _callback(self, message: Any) -> None:
+        inbound = Inbound(
+            message_id=str(message.message_id),
+            data=bytes(message.data),
+            attributes=dict(message.attributes or {}),
+            delivery_attempt=message.delivery_attempt,
+        )
+        self.submit(inbound, message)
+
+    # --- life cycle ---
+
+    @property
+    def ready(self) -> bool:
+        """True while the engine is loaded (or the worker forwards everything) and tasks are pulled."""
+        pulling = self._pull_future is None or not self._pull_future.done()
+        return self._accepting and pulling and not self._halt.is_set()
+
+    def _health_state(self) -> tuple[bool, str]:
+        if not self.ready:
+            return False, "starting" if not self._halt.is_set() else "stopping"
+        if self._batch.engine is not None:
+            return True, "ok"
+        return True, f"degraded: forwarding to Deepgram ({self._batch.unavailable_reason})"
+
+    def start(self, pull: bool = True) -> None:
+        """Start the health server, the inference thread and (when ``pull``) the streaming pull."""
+        if self._health is not None:
+            self._health.start()
+        self._thread = threading.Thread(target=self._loop, name="asr-inference", daemon=True)
+        self._thread.start()
+        self._accepting = True
+        if pull:
+            if self._subscriber is None:
+                self._subscriber = pubsub_v1.SubscriberClient()
+            sub_path = self._settings.subscription_path(names.SUB_ASR_GPU)
+            flow = pubsub_v1.types.FlowControl(max_messages=2 * self._batch_size, max_lease_duration=MAX_LEASE_S)
+            self._pull_future = self._subscriber.subscribe(sub_path, callback=self._callback, flow_control=flow)
+            self._pull_future.add_done_callback(self._on_pull_done)
+            log.info("pulling %s in batches of up to %d (linger %d ms), engine %s", sub_path, self._batch_size,
+                     self._settings.gpu_batch_linger_ms, self._batch.engine.name if self._batch.engine else "UNAVAILABLE")
+
+    def _on_pull_done(self, future: Any) -> None:
+        if self._halt.is_set():
+            return
+        try:
+            future.result()
+        except BaseException as err:
+            self._pull_error = err
+            log.error("streaming pull stopped: %s", err)
+        self._stop_requested.set()
+
+    @property
+    def health_port(self) -> int | None:
+        """The port the health server listens on, once started."""
+        return self._health.port if self._health is not None else None
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop gracefully: take no more tasks, finish the batch in hand, nack the queue, close the engine.
+
+        Idempotent and safe from any thread except a signal handler (use :meth:`request_stop`).
+        """
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._accepting = False
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        nacked = 0
+        while True:
+            try:
+                self._queue.get_nowait().handle.nack()
+                nacked += 1
+            except queue.Empty:
+                break
+        # The stream closes last: the client drops acks sent after it has closed.
+        if self._pull_future is not None:
+            self._pull_future.cancel()
+            with contextlib.suppress(BaseException):  # a cancelled future raises; shutdown goes on regardless
+                self._pull_future.result(timeout=timeout_s)
+        if self._subscriber is not None and self._own_subscriber:
+            self._subscriber.close()
+        self._batch.close()
+        if self._health is not None:
+            self._health.stop()
+        log.info("ASR worker stopped (%d queued messages nacked; fallbacks %s)", nacked, dict(self.fallbacks))
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run_forever` to stop; safe from a signal handler."""
+        self._stop_requested.set()
+
+    def run_forever(self) -> int:
+        """Start, serve until SIGTERM/SIGINT (or the stream fails), stop gracefully.
+
+        Returns:
+            The process exit code: 0 after a requested stop, 1 when the stream failed.
+        """
+        if threading.current_thread() is threading.main_thread():
+            def on_signal(signum: int, _frame: FrameType | None) -> None:
+                log.info("received %s, stopping", signal.Signals(signum).name)
+                self.request_stop()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not self._stop_requested.wait(1.0):
+            pass
+        self.stop()
+        return 1 if self._pull_error is not None else 0
+
+
+class _HealthServer:
+    """``GET /healthz``: 200 when ready, else 503 (the Cloud Run startup probe)."""
+
+    def __init__(self, port: int, state: Callable[[], tuple[bool, str]]) -> None:
+        self._port = port
+        self._state = state
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        state = self._state
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+                ok, text = state()
+                status = 200 if ok and self.path.split("?")[0] == "/healthz" else 404 if ok else 503
+                body = text.encode() if status != 404 else b"not found"
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("health: " + format, *args)
+
+        self._server = ThreadingHTTPServer(("0.0.0.0", self._port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="asr-health", daemon=True).start()
+
+    @property
+    def port(self) -> int | None:
+        return int(self._server.server_address[1]) if self._server is not None else None
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def build_worker(settings: Settings, cache_dir: Path | None = None, health_port: int | None = None) -> AsrWorker:
+    """The production wiring: GCS, Pub/Sub, a source cache and the engine ``ASR_ENGINE`` picks.
+
+    An engine that cannot load leaves a worker that forwards every task to
+    Deepgram, when ``ENABLE_FALLBACK`` allows it.
+
+    Args:
+        settings: the process settings.
+        cache_dir: where sources are copied; a fresh temporary folder when None.
+        health_port: the ``/healthz`` port; ``PORT`` when None.
+
+    Raises:
+        EngineUnavailableError: the engine cannot load and ``ENABLE_FALLBACK`` is false.
+    """
+    from parascribe.engines.select import load_engine
+
+    store = GcsStore.create(settings.gcp_project)
+    publisher = PubSubPublisher(settings.gcp_project)
+    cache = SourceCache(store, cache_dir or Path(tempfile.mkdtemp(prefix="parascribe-sources-")),
+                        max_bytes=int(settings.source_cache_mb * 1024 * 1024))
+    engine: AsrEngine | None = None
+    reason: str | None = None
+    try:
+        engine = load_engine(settings)
+    except EngineUnavailableError as err:
+        if not settings.enable_fallback:
+            raise
+        reason = err.reason
+    return AsrWorker(settings, engine, store, publisher, cache, engine_unavailable_reason=reason,
+                     health_port=settings.port if health_port is None else health_port)
