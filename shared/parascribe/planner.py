@@ -1,0 +1,281 @@
+"""Cut a job into chunks and choose, for each chunk, the path that transcribes it.
+
+Chunks
+    :func:`plan_chunks` tiles ``[0, duration)`` with *core* spans of
+    ``CHUNK_DURATION_MINUTES``; the last core ends exactly at the duration. A
+    tail shorter than a quarter of a chunk joins the previous chunk, so no chunk
+    is a sliver. Each chunk decodes ``CHUNK_OVERLAP_SECONDS`` more on both sides
+    (clipped to the file) so the merger can stitch words at the seams.
+
+Estimates
+    - GPU: one worker takes its chunks in order. It finishes after
+      ``GPU_STARTUP_SECONDS`` + (audio it was given) / ``GPU_EXPECTED_RTFX``.
+    - Deepgram: chunks run in parallel, ``DEEPGRAM_MAX_CONCURRENCY`` at a time.
+      Each wave takes ``DEEPGRAM_REQUEST_OVERHEAD_SECONDS`` + (its longest chunk) /
+      ``DEEPGRAM_EXPECTED_RTFX``.
+    - A job is done when both paths are done. Costs come from
+      :class:`parascribe.costs.Prices`. Deepgram bills the audio it is sent,
+      overlap included. The GPU costs instance time for audio / RTFx; startup
+      is not billed to the job.
+
+Candidate plans
+    The GPU takes the first *k* chunks and Deepgram takes the rest, for every
+    *k* from 0 to n. One more candidate sends the whole file to Deepgram as a
+    single request (``whole_file``): no overlap is billed, there are no seams,
+    and speaker labels stay consistent. It is offered when the object is at
+    most 2 GB, Deepgram's limit.
+
+Methods (``TRANSCRIPTION_METHOD``, or ``parascribe-method`` object metadata)
+    - ``gpu``: every chunk goes to the GPU.
+    - ``deepgram``: every chunk goes to Deepgram. The planner uses a single
+      whole-file request when that meets the deadline. Otherwise it sends the
+      chunks in parallel.
+    - ``auto`` with ``COST_OPTIMIZATION=true``: the cheapest candidate that meets
+      the deadline (at equal cost, the whole-file request). With the usual prices this puts as many chunks on the GPU as
+      it can finish in time and spills the rest to Deepgram. If no candidate
+      meets the deadline, it takes the fastest one and logs a warning.
+    - ``auto`` with ``COST_OPTIMIZATION=false`` behaves as ``hybrid``.
+    - ``hybrid``: the fastest candidate, where both paths finish at about the
+      same time. Ties go to the cheaper plan, which is the one with more GPU
+      chunks. If the GPU's startup alone takes longer than Deepgram needs for
+      the whole job, hybrid sends everything to Deepgram.
+    - With ``ENABLE_GPU_TRANSCRIPTION=false``, auto and hybrid behave as
+      ``deepgram``. An upload that asks for ``gpu`` goes to Deepgram when
+      ``ENABLE_FALLBACK=true``. Otherwise it fails with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from parascribe.config import Settings
+from parascribe.contracts import ChunkSpec, Method, Path, PlannedChunk
+from parascribe.costs import Prices
+from parascribe.errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+TAIL_MERGE_FRACTION = 0.25
+DEEPGRAM_MAX_BYTES = 2 * 1024**3
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen chunks and paths, with the estimates that chose them."""
+
+    method: Method
+    """The method after settings are applied (e.g. auto → deepgram when the GPU is off)."""
+    chunks: list[PlannedChunk]
+    estimated_cost_usd: float
+    estimated_deepgram_only_usd: float
+    estimated_finish_s: float
+    meets_deadline: bool
+
+    @property
+    def whole_file(self) -> bool:
+        return is_whole_file(self.chunks)
+
+
+def resolve_method(requested: Method, settings: Settings) -> Method:
+    """Apply ``ENABLE_GPU_TRANSCRIPTION`` and ``COST_OPTIMIZATION`` to a requested method.
+
+    Raises:
+        PermanentError: ``gpu`` was requested, the GPU is disabled and fallback is off.
+    """
+    if not settings.enable_gpu_transcription:
+        if requested == "gpu":
+            if not settings.enable_fallback:
+                raise PermanentError(
+                    "the upload asks for method gpu but ENABLE_GPU_TRANSCRIPTION=false and ENABLE_FALLBACK=false; "
+                    "re-upload with parascribe-method auto, deepgram or hybrid"
+                )
+            log.warning("method gpu requested but the GPU is disabled; falling back to deepgram")
+        return "deepgram"
+    if requested == "auto" and not settings.cost_optimization:
+        return "hybrid"
+    return requested
+
+
+def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float) -> list[ChunkSpec]:
+    """Tile ``[0, duration_s)`` with contiguous cores and add the overlap to each decode span.
+
+    Args:
+        duration_s: the audio's duration (> 0).
+        chunk_s: the target core length (> 0).
+        overlap_s: extra audio decoded on each side of a core (≥ 0).
+
+    Returns:
+        Chunks in order; ``core_end_s`` of one equals ``core_start_s`` of the next
+        and the last ``core_end_s`` equals ``duration_s``.
+
+    Raises:
+        ValueError: a non-positive duration or chunk length, or a negative overlap.
+    """
+    if not duration_s > 0 or not math.isfinite(duration_s):
+        raise ValueError(f"duration must be positive and finite, got {duration_s}")
+    if not chunk_s > 0:
+        raise ValueError(f"chunk length must be positive, got {chunk_s}")
+    if overlap_s < 0:
+        raise ValueError(f"overlap must be non-negative, got {overlap_s}")
+    n = max(1, math.ceil(duration_s / chunk_s))
+    if n > 1 and duration_s - (n - 1) * chunk_s < TAIL_MERGE_FRACTION * chunk_s:
+        n -= 1
+    bounds = [i * chunk_s for i in range(n)] + [duration_s]
+    return [
+        ChunkSpec(
+            index=i,
+            start_s=max(0.0, bounds[i] - overlap_s),
+            end_s=min(duration_s, bounds[i + 1] + overlap_s),
+            core_start_s=bounds[i],
+            core_end_s=bounds[i + 1],
+        )
+        for i in range(n)
+    ]
+
+
+def plan_paths(
+    chunks: Sequence[ChunkSpec],
+    settings: Settings,
+    method: Method,
+    deadline_s: float,
+    size_bytes: int | None = None,
+) -> list[PlannedChunk]:
+    """Choose a path for every chunk (see the module docstring for each method).
+
+    Args:
+        chunks: from :func:`plan_chunks`.
+        settings: rates, prices and switches.
+        method: the requested method, before settings are applied.
+        deadline_s: seconds from now by which the job should be done.
+        size_bytes: the object's size; above 2 GB no whole-file request is planned.
+
+    Returns:
+        The plan. A single Deepgram chunk that spans the whole file is a
+        whole-file request (:func:`is_whole_file`).
+
+    Raises:
+        ValueError: ``chunks`` is empty.
+        PermanentError: the method cannot be honoured with these settings.
+    """
+    return _choose(chunks, settings, method, deadline_s, size_bytes)[0]
+
+
+def make_plan(
+    duration_s: float,
+    settings: Settings,
+    method: Method,
+    deadline_s: float,
+    size_bytes: int | None = None,
+) -> Plan:
+    """Chunk the audio, choose the paths and estimate cost and finish time.
+
+    Raises:
+        PermanentError: the method cannot be honoured with these settings.
+    """
+    chunks = plan_chunks(duration_s, settings.chunk_seconds, settings.chunk_overlap_seconds)
+    planned, effective = _choose(chunks, settings, method, deadline_s, size_bytes)
+    finish = estimate_finish_s(planned, settings)
+    return Plan(
+        method=effective,
+        chunks=planned,
+        estimated_cost_usd=estimate_cost(planned, settings),
+        estimated_deepgram_only_usd=estimate_deepgram_only(duration_s, settings),
+        estimated_finish_s=finish,
+        meets_deadline=finish <= deadline_s + _EPS,
+    )
+
+
+def is_whole_file(plan: Sequence[PlannedChunk]) -> bool:
+    """Whether the plan is one Deepgram request for the entire file."""
+    return len(plan) == 1 and plan[0].path == "deepgram" and plan[0].start_s == 0.0
+
+
+def estimate_finish_s(plan: Sequence[PlannedChunk], settings: Settings) -> float:
+    """Seconds until both paths are done, by the estimates in the module docstring."""
+    gpu = [c.duration_s for c in plan if c.path == "gpu"]
+    deepgram = [c.duration_s for c in plan if c.path == "deepgram"]
+    return max(_gpu_finish(gpu, settings), _deepgram_finish(deepgram, settings))
+
+
+def estimate_cost(plan: Sequence[PlannedChunk], settings: Settings) -> float:
+    """Estimated USD for the plan: Deepgram billed audio plus GPU instance time."""
+    prices = Prices.from_settings(settings)
+    return sum(
+        prices.gpu_estimate(c.duration_s, settings.gpu_expected_rtfx) if c.path == "gpu" else prices.deepgram(c.duration_s)
+        for c in plan
+    )
+
+
+def estimate_deepgram_only(duration_s: float, settings: Settings) -> float:
+    """What the audio would cost sent to Deepgram whole: the baseline for savings."""
+    return Prices.from_settings(settings).deepgram(duration_s)
+
+
+def _gpu_finish(durations: Sequence[float], settings: Settings) -> float:
+    if not durations:
+        return 0.0
+    return settings.gpu_startup_seconds + sum(durations) / settings.gpu_expected_rtfx
+
+
+def _deepgram_finish(durations: Sequence[float], settings: Settings) -> float:
+    width = settings.deepgram_max_concurrency
+    total = 0.0
+    for start in range(0, len(durations), width):
+        wave = durations[start : start + width]
+        total += settings.deepgram_request_overhead_seconds + max(wave) / settings.deepgram_expected_rtfx
+    return total
+
+
+def _assign(chunks: Sequence[ChunkSpec], paths: Sequence[Path]) -> list[PlannedChunk]:
+    return [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p) for c, p in zip(chunks, paths, strict=True)]
+
+
+def _whole(chunks: Sequence[ChunkSpec]) -> list[PlannedChunk]:
+    end = chunks[-1].core_end_s
+    return [PlannedChunk(index=0, start_s=0.0, end_s=end, core_start_s=0.0, core_end_s=end, path="deepgram")]
+
+
+def _choose(
+    chunks: Sequence[ChunkSpec], settings: Settings, method: Method, deadline_s: float, size_bytes: int | None
+) -> tuple[list[PlannedChunk], Method]:
+    if not chunks:
+        raise ValueError("no chunks to plan")
+    effective = resolve_method(method, settings)
+    n = len(chunks)
+    if effective == "gpu":
+        return _assign(chunks, ["gpu"] * n), effective
+    prices = Prices.from_settings(settings)
+    durations = [c.duration_s for c in chunks]
+    # A candidate is k (the GPU takes the first k chunks) or None (one whole-file Deepgram request).
+    candidates: list[int | None] = [0] if effective == "deepgram" else list(range(n + 1))
+    if n > 1 and (size_bytes is None or size_bytes <= DEEPGRAM_MAX_BYTES):
+        candidates.append(None)
+    scored: list[tuple[float, float, int | None]] = []
+    for k in candidates:
+        gpu, deepgram = (durations[:k], durations[k:]) if k is not None else ([], [chunks[-1].core_end_s])
+        finish = max(_gpu_finish(gpu, settings), _deepgram_finish(deepgram, settings))
+        cost = sum(prices.gpu_estimate(d, settings.gpu_expected_rtfx) for d in gpu) + sum(map(prices.deepgram, deepgram))
+        scored.append((finish, cost, k))
+    fastest = min(scored, key=lambda s: (round(s[0], 6), s[1]))
+    if effective == "hybrid":
+        best = fastest
+    else:
+        in_time = [s for s in scored if s[0] <= deadline_s + _EPS]
+        # Equal cost (zero overlap): the whole-file request wins, having no seams and one request.
+        best = min(in_time, key=lambda s: (round(s[1], 9), s[2] is not None, s[0])) if in_time else fastest
+        if not in_time:
+            log.warning(
+                "no plan meets the %.0f s deadline (method %s); taking the fastest, estimated %.0f s",
+                deadline_s, effective, best[0],
+            )
+    k = best[2]
+    if k is None:
+        return _whole(chunks), effective
+    gpu_path: list[Path] = ["gpu"]
+    deepgram_path: list[Path] = ["deepgram"]
+    paths = gpu_path * k + deepgram_path * (n - k)
+    return _assign(chunks, paths), effective

@@ -1,0 +1,215 @@
+"""Chunk tiling and per-chunk path choice for every method."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from parascribe.config import Settings, load_settings
+from parascribe.contracts import PlannedChunk
+from parascribe.errors import PermanentError
+from parascribe.planner import (
+    DEEPGRAM_MAX_BYTES,
+    estimate_cost,
+    estimate_deepgram_only,
+    estimate_finish_s,
+    is_whole_file,
+    make_plan,
+    plan_chunks,
+    plan_paths,
+    resolve_method,
+)
+
+HOUR = 3600.0
+
+
+def cfg(**overrides: object) -> Settings:
+    """Round numbers: a 10-minute chunk takes the GPU 4 s and Deepgram 3 + 10 s."""
+    values: dict[str, object] = {
+        "chunk_duration_minutes": 10,
+        "chunk_overlap_seconds": 0,
+        "gpu_startup_seconds": 60,
+        "gpu_expected_rtfx": 150,
+        "deepgram_expected_rtfx": 60,
+        "deepgram_request_overhead_seconds": 3,
+        "deepgram_max_concurrency": 16,
+        "enable_gpu_transcription": True,
+        "cost_optimization": True,
+        "enable_fallback": True,
+        "transcription_method": "auto",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def paths(plan: list[PlannedChunk]) -> str:
+    return "".join("G" if c.path == "gpu" else "D" for c in plan)
+
+
+# --- chunks ---
+
+@settings(deadline=None)
+@given(
+    duration=st.floats(min_value=0.01, max_value=50_000, allow_nan=False),
+    chunk=st.floats(min_value=30, max_value=3600),
+    overlap=st.floats(min_value=0, max_value=30),
+)
+def test_cores_tile_the_audio_exactly(duration: float, chunk: float, overlap: float) -> None:
+    chunks = plan_chunks(duration, chunk, overlap)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert chunks[0].core_start_s == 0.0
+    assert chunks[-1].core_end_s == duration
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert a.core_end_s == b.core_start_s
+    for c in chunks:
+        assert c.core_start_s < c.core_end_s <= c.core_start_s + 1.25 * chunk * (1 + 1e-9)
+        assert c.start_s == max(0.0, c.core_start_s - overlap)
+        assert c.end_s == min(duration, c.core_end_s + overlap)
+    if len(chunks) > 1:
+        assert all(c.core_end_s - c.core_start_s >= 0.25 * chunk * (1 - 1e-9) for c in chunks)
+    if duration <= chunk:
+        assert len(chunks) == 1
+
+
+def test_overlap_is_added_on_both_sides_and_clipped() -> None:
+    chunks = plan_chunks(1500.0, 600.0, 2.0)
+    assert [(c.start_s, c.end_s, c.core_start_s, c.core_end_s) for c in chunks] == [
+        (0.0, 602.0, 0.0, 600.0),
+        (598.0, 1202.0, 600.0, 1200.0),
+        (1198.0, 1500.0, 1200.0, 1500.0),
+    ]
+
+
+def test_tiny_tail_joins_the_previous_chunk() -> None:
+    assert [c.core_end_s for c in plan_chunks(1349.0, 600.0, 0.0)] == [600.0, 1349.0]  # tail 149 s < 150 s
+    assert [c.core_end_s for c in plan_chunks(1350.0, 600.0, 0.0)] == [600.0, 1200.0, 1350.0]
+    assert [c.core_end_s for c in plan_chunks(700.0, 600.0, 0.0)] == [700.0]
+
+
+def test_short_audio_is_one_chunk() -> None:
+    (only,) = plan_chunks(42.0, 600.0, 2.0)
+    assert (only.start_s, only.end_s, only.core_start_s, only.core_end_s) == (0.0, 42.0, 0.0, 42.0)
+
+
+@pytest.mark.parametrize(("duration", "chunk", "overlap"), [(0.0, 600, 0), (10.0, 0, 0), (10.0, 600, -1)])
+def test_invalid_chunking_arguments(duration: float, chunk: float, overlap: float) -> None:
+    with pytest.raises(ValueError):
+        plan_chunks(duration, chunk, overlap)
+
+
+# --- methods ---
+
+def test_gpu_sends_everything_to_the_gpu_even_past_the_deadline() -> None:
+    plan = make_plan(6 * HOUR, cfg(), "gpu", deadline_s=30)
+    assert paths(plan.chunks) == "G" * 36
+    assert plan.meets_deadline is False
+    assert plan.estimated_finish_s == pytest.approx(60 + 36 * 4)
+
+
+def test_deepgram_sends_the_whole_file_when_it_meets_the_deadline() -> None:
+    s = cfg()
+    plan = make_plan(6 * HOUR, s, "deepgram", deadline_s=HOUR)
+    assert plan.whole_file and is_whole_file(plan.chunks)
+    (whole,) = plan.chunks
+    assert (whole.start_s, whole.end_s, whole.core_start_s, whole.core_end_s) == (0.0, 6 * HOUR, 0.0, 6 * HOUR)
+    assert plan.estimated_finish_s == pytest.approx(3 + 6 * HOUR / 60)
+
+
+def test_deepgram_splits_into_parallel_chunks_when_the_whole_file_is_too_slow() -> None:
+    plan = make_plan(6 * HOUR, cfg(), "deepgram", deadline_s=120)  # whole file: 363 s
+    assert paths(plan.chunks) == "D" * 36 and not plan.whole_file
+    assert plan.estimated_finish_s == pytest.approx(3 * (3 + 10))  # 36 chunks, 16 at a time: 3 waves
+    assert plan.meets_deadline
+
+
+def test_no_whole_file_request_above_deepgrams_size_limit() -> None:
+    planned = plan_paths(plan_chunks(6 * HOUR, 600, 0), cfg(), "deepgram", HOUR, size_bytes=DEEPGRAM_MAX_BYTES + 1)
+    assert paths(planned) == "D" * 36
+
+
+def test_auto_puts_everything_on_the_gpu_when_there_is_time() -> None:
+    plan = make_plan(6 * HOUR, cfg(), "auto", deadline_s=HOUR)
+    assert paths(plan.chunks) == "G" * 36
+    assert plan.estimated_cost_usd < plan.estimated_deepgram_only_usd / 10
+
+
+def test_auto_spills_what_the_gpu_cannot_finish_to_deepgram() -> None:
+    # The GPU finishes k chunks after 60 + 4k s: 10 fit in 100 s; Deepgram takes the other 26 in two waves.
+    plan = make_plan(6 * HOUR, cfg(), "auto", deadline_s=100)
+    assert paths(plan.chunks) == "G" * 10 + "D" * 26
+    assert plan.meets_deadline
+    assert plan.estimated_finish_s == pytest.approx(100.0)
+
+
+def test_auto_takes_the_fastest_plan_and_warns_when_nothing_meets_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="parascribe.planner"):
+        plan = make_plan(6 * HOUR, cfg(), "auto", deadline_s=10)
+    assert paths(plan.chunks) == "D" * 36  # 39 s, versus at least 60 s once the GPU is involved
+    assert not plan.meets_deadline
+    assert "no plan meets the 10 s deadline" in caplog.text
+
+
+def test_auto_without_cost_optimization_is_hybrid() -> None:
+    s = cfg(cost_optimization=False, gpu_startup_seconds=0)
+    assert resolve_method("auto", s) == "hybrid"
+    assert make_plan(6 * HOUR, s, "auto", HOUR).chunks == make_plan(6 * HOUR, s, "hybrid", HOUR).chunks
+
+
+def test_hybrid_balances_both_paths_with_the_gpu_first() -> None:
+    s = cfg(gpu_startup_seconds=0, deepgram_max_concurrency=4)
+    plan = make_plan(6 * HOUR, s, "hybrid", deadline_s=HOUR)
+    route = paths(plan.chunks)
+    k = route.count("G")
+    assert route == "G" * k + "D" * (36 - k) and 0 < k < 36
+    gpu_done = estimate_finish_s([c for c in plan.chunks if c.path == "gpu"], s)
+    deepgram_done = estimate_finish_s([c for c in plan.chunks if c.path == "deepgram"], s)
+    assert abs(gpu_done - deepgram_done) <= 3 + 10  # within one Deepgram wave of each other
+    # No other split is faster.
+    for other in range(37):
+        alt = plan_chunks(6 * HOUR, 600, 0)
+        candidate = [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path="gpu" if c.index < other else "deepgram")
+                     for c in alt]
+        assert estimate_finish_s(candidate, s) >= plan.estimated_finish_s - 1e-9
+
+
+def test_hybrid_is_all_deepgram_when_gpu_startup_alone_is_slower() -> None:
+    plan = make_plan(HOUR, cfg(gpu_startup_seconds=60), "hybrid", deadline_s=HOUR)
+    assert set(paths(plan.chunks)) == {"D"}
+
+
+@pytest.mark.parametrize("method", ["auto", "hybrid", "deepgram"])
+def test_gpu_disabled_makes_auto_and_hybrid_deepgram(method: str) -> None:
+    s = cfg(enable_gpu_transcription=False, transcription_method="deepgram")
+    plan = make_plan(HOUR, s, method, deadline_s=HOUR)  # type: ignore[arg-type]
+    assert plan.method == "deepgram"
+    assert set(paths(plan.chunks)) == {"D"}
+
+
+def test_gpu_requested_with_gpu_disabled() -> None:
+    off = {"enable_gpu_transcription": False, "transcription_method": "deepgram"}
+    assert resolve_method("gpu", cfg(**off, enable_fallback=True)) == "deepgram"
+    with pytest.raises(PermanentError, match="ENABLE_GPU_TRANSCRIPTION=false"):
+        resolve_method("gpu", cfg(**off, enable_fallback=False))
+
+
+# --- costs ---
+
+def test_costs_come_from_the_configured_prices() -> None:
+    s = cfg(deepgram_price_per_minute=0.006, gpu_price_per_second=0.0002, cpu_price_per_vcpu_second=0.00001,
+            memory_price_per_gib_second=0.000001, gpu_instance_vcpus=4, gpu_instance_memory_gib=16)
+    chunks = plan_chunks(1800.0, 600.0, 0.0)
+    mixed = [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p)
+             for c, p in zip(chunks, ["gpu", "gpu", "deepgram"], strict=True)]
+    instance_per_s = 0.0002 + 4 * 0.00001 + 16 * 0.000001
+    assert estimate_cost(mixed, s) == pytest.approx(1200 / 150 * instance_per_s + 10 * 0.006)
+    assert estimate_deepgram_only(1800.0, s) == pytest.approx(30 * 0.006)
+
+
+def test_overlap_is_billed_on_deepgram_chunks() -> None:
+    s = cfg(chunk_overlap_seconds=2)
+    plan = make_plan(1800.0, s, "deepgram", deadline_s=20)  # too tight for the whole file (33 s)
+    assert not plan.whole_file
+    assert sum(c.duration_s for c in plan.chunks) == pytest.approx(1800 + 4 * 2)
+    assert plan.estimated_cost_usd > plan.estimated_deepgram_only_usd
