@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from parascribe.config import Settings, load_settings
-from parascribe.contracts import PlannedChunk
+from parascribe.contracts import Path, PlannedChunk
 from parascribe.errors import PermanentError
 from parascribe.planner import (
     DEEPGRAM_MAX_BYTES,
@@ -200,8 +200,8 @@ def test_costs_come_from_the_configured_prices() -> None:
     s = cfg(deepgram_price_per_minute=0.006, gpu_price_per_second=0.0002, cpu_price_per_vcpu_second=0.00001,
             memory_price_per_gib_second=0.000001, gpu_instance_vcpus=4, gpu_instance_memory_gib=16)
     chunks = plan_chunks(1800.0, 600.0, 0.0)
-    mixed = [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p)
-             for c, p in zip(chunks, ["gpu", "gpu", "deepgram"], strict=True)]
+    routes: list[Path] = ["gpu", "gpu", "deepgram"]
+    mixed = [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p) for c, p in zip(chunks, routes, strict=True)]
     instance_per_s = 0.0002 + 4 * 0.00001 + 16 * 0.000001
     assert estimate_cost(mixed, s) == pytest.approx(1200 / 150 * instance_per_s + 10 * 0.006)
     assert estimate_deepgram_only(1800.0, s) == pytest.approx(30 * 0.006)
