@@ -9,6 +9,7 @@ import random
 import re
 
 import pytest
+
 from parascribe.contracts import JobSummary, SourceRef, Word
 from parascribe.formats import (
     FORMATS,
@@ -25,7 +26,6 @@ from parascribe.formats import (
     to_words_csv,
 )
 from parascribe.stitch import SegmentRules, Transcript, build_segments
-
 from tests.unit.test_stitch import manifest_for
 
 _TS = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from parascribe import metric_names as mn
 from parascribe.config import load_settings
 from parascribe.metrics import (
@@ -21,7 +22,6 @@ from parascribe.metrics import (
     summarise_local,
 )
 from parascribe.metrics_cloud import CloudMonitoringExporter, generic_task
-
 from tests.metric_service_fake import MetricServiceServer
 
 

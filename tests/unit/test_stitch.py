@@ -8,6 +8,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from parascribe.contracts import AudioInfo, ChunkResult, JobManifest, PlannedChunk, SourceRef, Word
 from parascribe.stitch import SegmentRules, build_segments, normalise, stitch
 
