@@ -1,0 +1,48 @@
+"""Router entry point: a functions-framework CloudEvent function.
+
+Locally it is served behind the ``router-push`` subscription::
+
+    functions-framework --source services/router/main.py --target handle_upload \
+        --signature-type cloudevent --port 8080
+
+and in GCP it is a Cloud Functions gen2 function with an Eventarc storage
+trigger. All logic lives in :mod:`parascribe.router`; this file only wires it up.
+Clients are built once per process, on the first event.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from parascribe import logs
+from parascribe.bus import PubSubPublisher
+from parascribe.config import get_settings
+from parascribe.jobs import JobStore
+from parascribe.router import Router, handle_cloudevent
+from parascribe.storage import GcsStore
+
+SERVICE = "router"
+
+_router: Router | None = None
+_lock = threading.Lock()
+
+
+def _get_router() -> Router:
+    global _router
+    with _lock:
+        if _router is None:
+            settings = get_settings()
+            logs.setup(SERVICE, settings.log_level)
+            store = GcsStore.create(settings.gcp_project)
+            _router = Router(
+                settings, store, PubSubPublisher(settings.gcp_project), JobStore(store, settings.state_bucket)
+            )
+        return _router
+
+
+@functions_framework.cloud_event
+def handle_upload(event: CloudEvent) -> None:
+    """Route one upload notification; raising makes the platform retry it."""
+    handle_cloudevent(_get_router(), event)
