@@ -62,13 +62,30 @@ def test_words_are_offset_into_file_time(engine: AsrEngine, speech: np.ndarray) 
     lead_s, offset_s = 1.5, 600.0
     padded = np.concatenate([np.zeros(int(lead_s * SAMPLE_RATE), dtype=np.float32), speech])
     silent = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
-    out, empty = engine.transcribe([AudioChunk("c1", padded, offset_s), AudioChunk("c2", silent[:0], 30.0)])
+    out, empty, silence = engine.transcribe(
+        [AudioChunk("c1", padded, offset_s), AudioChunk("c2", silent[:0], 30.0), AudioChunk("c3", silent, 40.0)]
+    )
     assert out.words, "no words transcribed"
     end = offset_s + len(padded) / SAMPLE_RATE
-    assert all(offset_s + lead_s - 0.5 <= w.start <= w.end <= end + 1e-6 for w in out.words)
-    assert abs(out.words[0].start - (offset_s + lead_s)) < 0.6
+    assert all(offset_s + lead_s - 0.3 <= w.start <= w.end <= end + 1e-6 for w in out.words)
+    assert abs(out.words[0].start - (offset_s + lead_s)) < 0.3
     assert normalise(out.words[0].text) == "the"
     assert empty.words == [] and empty.text == ""
+    assert silence.words == [] and silence.text == ""
+
+
+def test_leading_silence_is_measured_before_the_first_sound() -> None:
+    pytest.importorskip("faster_whisper", reason="the offline engine needs faster-whisper")
+    from parascribe.engines.offline import leading_silence
+
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    tone = (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 1e-4, SAMPLE_RATE).astype(np.float32)
+    lead = leading_silence(np.concatenate([noise, tone]))
+    assert lead is not None and abs(lead / SAMPLE_RATE - (1.0 - 0.15)) < 0.02
+    assert leading_silence(tone) == 0
+    assert leading_silence(noise) is None
+    assert leading_silence(np.zeros(10, dtype=np.float32)) is None
 
 
 def test_missing_model_is_unavailable(tmp_path: Path) -> None:

