@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+
 from parascribe import names
 from parascribe.asr_worker import AsrWorker, Inbound, Outcome
 from parascribe.config import Settings, load_settings
@@ -40,7 +41,6 @@ from parascribe.errors import (
     EngineUnavailableError,
     TransientError,
 )
-
 from tests.fakes import MemoryStore, RecordingPublisher
 
 pytestmark = pytest.mark.timeout(60)

@@ -11,11 +11,11 @@ import av
 import numpy as np
 import pytest
 import soundfile as sf
+
 from parascribe.contracts import SourceRef
 from parascribe.decode import SourceCache, decode_bytes, decode_file
 from parascribe.engines.base import SAMPLE_RATE
 from parascribe.errors import BadAudioError
-
 from tests.fakes import MemoryStore
 
 BURST_AT_S = 2.0

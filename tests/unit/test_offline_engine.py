@@ -11,6 +11,7 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
+
 from parascribe.decode import decode_file
 from parascribe.engines.base import SAMPLE_RATE, AsrEngine, AudioChunk
 from parascribe.errors import EngineUnavailableError
