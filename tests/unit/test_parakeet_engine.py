@@ -1,0 +1,316 @@
+"""ParakeetEngine on a tiny NeMo TDT model built at test time.
+
+The tiny model has random weights, so the words are nonsense: these tests check
+structure (order, file-time offsets, modes, recovery), never the words.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from parascribe.config import load_settings
+from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
+from parascribe.engines.parakeet import ParakeetEngine, stitch_halves, weights_available
+from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, TransientError
+from tests.nemo_tiny import build_tiny_nemo, noise
+
+LONG_S = 2.5  # the tests' LONG_AUDIO_THRESHOLD_SECONDS, so a 3 s chunk counts as long
+
+
+# --- no NeMo needed ---
+
+
+def test_stitch_halves_keeps_each_word_once_by_midpoint() -> None:
+    left = [("a", 0.0, 1.0), ("b", 4.0, 5.2), ("seam", 5.6, 6.0)]
+    right = [("b", 4.05, 5.25), ("seam", 5.6, 6.0), ("c", 7.0, 8.0)]
+    # "b" (midpoint 4.6) is left of the seam: the left piece's copy wins; "seam" (5.8) is the right's.
+    assert stitch_halves(left, right, cut_s=5.0) == [("a", 0.0, 1.0), ("b", 4.0, 5.2), ("seam", 5.6, 6.0),
+                                                     ("c", 7.0, 8.0)]
+    # The cut falls between the two copies' midpoints (4.60 and 4.65): "b" must still appear once.
+    assert stitch_halves(left, right, cut_s=4.62) == [("a", 0.0, 1.0), ("b", 4.0, 5.2), ("seam", 5.6, 6.0),
+                                                      ("c", 7.0, 8.0)]
+    assert stitch_halves([], right, cut_s=5.0) == [("seam", 5.6, 6.0), ("c", 7.0, 8.0)]
+
+
+def test_weights_available_for_local_files(tmp_path: Path) -> None:
+    nemo = tmp_path / "model.nemo"
+    nemo.write_bytes(b"x")
+    other = tmp_path / "model.txt"
+    other.write_bytes(b"x")
+    assert weights_available(load_settings(parakeet_model_name=str(nemo)))
+    assert not weights_available(load_settings(parakeet_model_name=str(tmp_path / "missing.nemo")))
+    assert not weights_available(load_settings(parakeet_model_name=str(other)))
+
+
+def test_weights_available_reads_the_hugging_face_cache_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hf_constants = pytest.importorskip("huggingface_hub.constants", reason="huggingface_hub comes with NeMo")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = load_settings(parakeet_model_name="nvidia/parakeet-tdt-0.6b-v2")
+    assert not weights_available(settings)
+    # The layout huggingface_hub writes: refs/main names the snapshot holding the file.
+    repo = tmp_path / "models--nvidia--parakeet-tdt-0.6b-v2"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "parakeet-tdt-0.6b-v2.nemo").write_bytes(b"x")
+    assert weights_available(settings)
+
+
+def test_missing_weights_are_unavailable_not_a_crash(tmp_path: Path) -> None:
+    settings = load_settings(parakeet_model_name=str(tmp_path / "nope.nemo"), asr_device="cpu")
+    with pytest.raises(EngineUnavailableError, match="no such .nemo file"):
+        ParakeetEngine.from_settings(settings)
+
+
+def test_hf_name_not_cached_while_offline_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hf_constants = pytest.importorskip("huggingface_hub.constants", reason="huggingface_hub comes with NeMo")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    settings = load_settings(parakeet_model_name="nvidia/parakeet-tdt-0.6b-v2", asr_device="cpu")
+    with pytest.raises(EngineUnavailableError, match="HF_HUB_OFFLINE"):
+        ParakeetEngine.from_settings(settings)
+
+
+def test_cuda_requested_without_a_gpu_is_unavailable(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, so ASR_DEVICE=cuda is valid here")
+    nemo = tmp_path / "model.nemo"
+    nemo.write_bytes(b"x")
+    with pytest.raises(EngineUnavailableError, match="ASR_DEVICE=cuda"):
+        ParakeetEngine.from_settings(load_settings(parakeet_model_name=str(nemo), asr_device="cuda"))
+
+
+# --- on the tiny NeMo model ---
+
+
+@pytest.fixture(scope="module")
+def tiny_nemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("nemo.collections.asr", reason="NeMo is not installed (pip install 'parascribe[nemo]')")
+    return build_tiny_nemo(tmp_path_factory.mktemp("tiny-parakeet"))
+
+
+def _engine(path: Path, **overrides: Any) -> ParakeetEngine:
+    values: dict[str, Any] = {"parakeet_model_name": str(path), "asr_device": "cpu",
+                              "long_audio_threshold_seconds": LONG_S, **overrides}
+    settings = load_settings(**values)
+    return ParakeetEngine.from_settings(settings)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_nemo: Path) -> Iterator[ParakeetEngine]:
+    eng = _engine(tiny_nemo)
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def fresh_engine(tiny_nemo: Path) -> Iterator[ParakeetEngine]:
+    """An engine of its own, for tests that patch the model or count recoveries."""
+    eng = _engine(tiny_nemo, long_audio_threshold_seconds=900.0)
+    yield eng
+    eng.close()
+
+
+def _chunk(key: str, seconds: float, offset: float, seed: int) -> AudioChunk:
+    return AudioChunk(key=key, samples=noise(seconds, seed=seed), offset_s=offset)
+
+
+def _words(out: EngineOutput) -> list[tuple[str, float, float]]:
+    return [(w.text, w.start, w.end) for w in out.words]
+
+
+def _assert_in_file_time(out: EngineOutput, chunk: AudioChunk) -> None:
+    for w in out.words:
+        assert chunk.offset_s <= w.start <= w.end <= chunk.offset_s + chunk.duration_s + 1e-9, (w, chunk.key)
+    starts = [w.start for w in out.words]
+    assert starts == sorted(starts)
+
+
+CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def _inject_oom(engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch,
+                when: Callable[[list[int], str], bool]) -> list[tuple[list[int], str]]:
+    """Make the model call raise CUDA OOM when ``when(lengths, attention)``; returns the calls seen."""
+    import torch
+
+    model = engine.model
+    real = model.transcribe
+    calls: list[tuple[list[int], str]] = []
+
+    def transcribe(audio: list[Any], *args: Any, **kwargs: Any) -> Any:
+        lengths = [len(a) for a in audio]
+        calls.append((lengths, engine.attention))
+        if when(lengths, engine.attention):
+            raise torch.cuda.OutOfMemoryError(CUDA_OOM)
+        return real(audio, *args, **kwargs)
+
+    monkeypatch.setattr(model, "transcribe", transcribe)
+    return calls
+
+
+@pytest.mark.nemo
+def test_loads_the_tiny_nemo_through_from_settings(engine: ParakeetEngine) -> None:
+    model = engine.model
+    assert engine.name == "parakeet"
+    assert type(model).__name__ == "EncDecRNNTBPEModel"
+    assert model.cfg.decoding.model_type == "tdt"
+    assert model.cfg.decoding.compute_timestamps is True
+    assert str(engine.device) == "cpu"
+    assert engine.attention == "full"
+
+
+@pytest.mark.nemo
+def test_batch_keeps_input_order_and_puts_words_in_file_time(engine: ParakeetEngine) -> None:
+    batch = [
+        _chunk("a", 1.5, 0.0, 1),
+        _chunk("b", 3.0, 600.0, 2),  # long: runs with local attention, in its own group
+        _chunk("c", 0.6, 1200.0, 3),  # under NeMo's 1 s minimum: padded on the right only
+        _chunk("d", 2.2, 1800.0, 4),
+        _chunk("empty", 0.0, 2400.0, 5),
+    ]
+    out = engine.transcribe(batch)
+    assert len(out) == len(batch)
+    for o, c in zip(out, batch, strict=True):
+        _assert_in_file_time(o, c)
+    assert out[-1].words == [] and out[-1].text == ""
+    assert sum(len(o.words) for o in out) >= 4
+    assert any(w.start > c.offset_s for o, c in zip(out, batch, strict=True) for w in o.words)
+    # The engine sorts internally, so the same chunks in another order give the same output per chunk.
+    again = engine.transcribe(batch[::-1])[::-1]
+    assert [_words(o) for o in again] == [_words(o) for o in out]
+    assert [o.text for o in again] == [o.text for o in out]
+
+
+@pytest.mark.nemo
+def test_model_is_in_eval_mode_after_every_call(engine: ParakeetEngine) -> None:
+    engine.transcribe([_chunk("a", 1.0, 0.0, 1), _chunk("b", 3.0, 5.0, 2)])
+    assert not any(m.training for m in engine.model.modules())
+
+
+@pytest.mark.nemo
+def test_long_chunks_switch_to_local_attention_and_back(engine: ParakeetEngine) -> None:
+    short = [_chunk("s", 2.0, 0.0, 11)]
+    first = engine.transcribe(short)
+    assert engine.attention == "full"
+    assert engine.model.cfg.encoder.self_attention_model == "rel_pos"
+
+    engine.transcribe([_chunk("l", 3.5, 0.0, 12)])
+    encoder_cfg = engine.model.cfg.encoder
+    assert engine.attention == "local"
+    assert encoder_cfg.self_attention_model == "rel_pos_local_attn"
+    assert list(encoder_cfg.att_context_size) == [128, 128]
+    attn = engine.model.encoder.layers[0].self_attn
+    assert type(attn).__name__ == "RelPositionMultiHeadAttentionLongformer"
+
+    again = engine.transcribe(short)
+    assert engine.attention == "full"
+    assert type(engine.model.encoder.layers[0].self_attn).__name__ == "RelPositionMultiHeadAttention"
+    assert _words(again[0]) == _words(first[0]), "switching attention back must restore the same model"
+
+
+@pytest.mark.nemo
+def test_batch_oom_raises_engine_oom_error_for_the_worker_to_halve(
+    fresh_engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _inject_oom(fresh_engine, monkeypatch, lambda lengths, mode: True)
+    with pytest.raises(EngineOOMError) as info:
+        fresh_engine.transcribe([_chunk("a", 1.0, 0.0, 1), _chunk("b", 2.0, 0.0, 2)])
+    assert isinstance(info.value, TransientError) and info.value.retryable
+    assert "2 chunks" in info.value.reason
+    assert len(calls) == 1 and calls[0][0] == [2 * SAMPLE_RATE, SAMPLE_RATE], "longest first"
+    assert fresh_engine.recoveries == {"oom": 1}
+    assert not any(m.training for m in fresh_engine.model.modules())
+
+
+@pytest.mark.nemo
+def test_single_chunk_oom_retries_with_local_attention_then_splits(
+    fresh_engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chunk = _chunk("big", 6.0, 100.0, 21)
+    n = len(chunk.samples)
+    # Expected result from the un-patched model: the two overlapping halves stitched at the middle.
+    cut, half_overlap = n // 2, SAMPLE_RATE // 2
+    left = fresh_engine.transcribe([AudioChunk("l", chunk.samples[: cut + half_overlap], 100.0)])[0]
+    right = fresh_engine.transcribe([AudioChunk("r", chunk.samples[cut - half_overlap:],
+                                                100.0 + (cut - half_overlap) / SAMPLE_RATE)])[0]
+    expected = stitch_halves(_words(left), _words(right), 100.0 + cut / SAMPLE_RATE)
+
+    calls = _inject_oom(fresh_engine, monkeypatch, lambda lengths, mode: max(lengths) > 4 * SAMPLE_RATE)
+    out = fresh_engine.transcribe([chunk])[0]
+
+    assert [(lengths[0], mode) for lengths, mode in calls] == [
+        (n, "full"), (n, "local"), (cut + half_overlap, "full"), (n - cut + half_overlap, "full"),
+    ]
+    assert fresh_engine.recoveries == {"oom": 1, "local_attention": 1, "split": 1}
+    _assert_in_file_time(out, chunk)
+    assert out.words, "the tiny model emits words for 6 s of noise"
+    assert [(w, pytest.approx(s), pytest.approx(e)) for w, s, e in _words(out)] == expected
+    assert out.text == " ".join(w.text for w in out.words)
+
+
+@pytest.mark.nemo
+def test_chunk_that_never_fits_fails_permanently(
+    fresh_engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _inject_oom(fresh_engine, monkeypatch, lambda lengths, mode: True)
+    with pytest.raises(EngineError) as info:
+        fresh_engine.transcribe([_chunk("huge", 8.0, 0.0, 31)])
+    assert not isinstance(info.value, EngineOOMError), "a single chunk cannot be halved by the worker"
+    assert "does not fit" in info.value.reason
+    assert fresh_engine.recoveries["split"] >= 2 and fresh_engine.recoveries["local_attention"] >= 2
+
+
+@pytest.mark.nemo
+def test_cpu_fallback_runs_the_chunk_on_a_cpu_copy(tiny_nemo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nemo.collections.asr.models import ASRModel
+
+    loads: list[int] = []
+
+    def load_cpu_copy() -> Any:
+        loads.append(1)
+        return ASRModel.restore_from(str(tiny_nemo), map_location="cpu")
+
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
+                            long_audio_threshold_s=900.0, cpu_fallback=load_cpu_copy)
+    chunk = _chunk("c", 3.0, 50.0, 41)
+    expected = _words(engine.transcribe([chunk])[0])
+    _inject_oom(engine, monkeypatch, lambda lengths, mode: True)
+
+    first = engine.transcribe([chunk])[0]
+    second = engine.transcribe([chunk])[0]
+
+    assert _words(first) == _words(second) == expected
+    assert engine.recoveries["cpu_fallback"] == 2
+    assert loads == [1], "the CPU copy loads once and is kept"
+    engine.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.nemo
+def test_memory_stays_flat_over_many_batches(engine: ParakeetEngine) -> None:
+    batch = [_chunk("a", 1.0, 0.0, 51), _chunk("b", 0.6, 1.0, 52)]
+    for _ in range(10):
+        engine.transcribe(batch)
+    gc.collect()
+    before = _rss_mb()
+    for _ in range(100):
+        outputs = engine.transcribe(batch)
+    del outputs
+    gc.collect()
+    grown = _rss_mb() - before
+    assert grown < 20.0, f"RSS grew {grown:.1f} MB over 100 batches"
