@@ -24,6 +24,8 @@ SUB_DEAD_LETTER = "dead-letter-push"
 BUCKET_UPLOADS = "uploads"
 BUCKET_TRANSCRIPTS = "transcripts"
 BUCKET_STATE = "state"
+BUCKET_MODELS = "models"
+"""Model weights (.nemo) that the ASR worker mounts read-only in the cloud."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ TOPICS: tuple[str, ...] = (
     TOPIC_DEAD_LETTER,
 )
 
-BUCKETS: tuple[str, ...] = (BUCKET_UPLOADS, BUCKET_TRANSCRIPTS, BUCKET_STATE)
+BUCKETS: tuple[str, ...] = (BUCKET_UPLOADS, BUCKET_TRANSCRIPTS, BUCKET_STATE, BUCKET_MODELS)
 
 
 def bucket_name(base: str, prefix: str = "") -> str:
