@@ -1,0 +1,143 @@
+# One service account per service, each with only what its code does.
+# infra/README.md explains every grant.
+
+resource "google_service_account" "service" {
+  for_each     = local.service_names
+  account_id   = "parascribe-${each.value}"
+  display_name = "parascribe ${each.value}"
+}
+
+# Identity Pub/Sub presents (OIDC) when it pushes to the router, Deepgram worker and merger.
+resource "google_service_account" "push" {
+  account_id   = "parascribe-push"
+  display_name = "parascribe Pub/Sub push invoker"
+}
+
+# Identity the router function's source build runs as.
+resource "google_service_account" "function_build" {
+  account_id   = "parascribe-fn-build"
+  display_name = "parascribe router function build"
+}
+
+locals {
+  pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+  bucket_grants = [
+    { service = "router", bucket = "uploads", role = "roles/storage.objectViewer" },
+    { service = "router", bucket = "state", role = "roles/storage.objectUser" },
+    { service = "asr_worker", bucket = "uploads", role = "roles/storage.objectViewer" },
+    { service = "asr_worker", bucket = "state", role = "roles/storage.objectUser" },
+    { service = "asr_worker", bucket = "models", role = "roles/storage.objectViewer" },
+    { service = "deepgram_worker", bucket = "uploads", role = "roles/storage.objectViewer" },
+    { service = "deepgram_worker", bucket = "state", role = "roles/storage.objectUser" },
+    { service = "merger", bucket = "state", role = "roles/storage.objectUser" },
+    { service = "merger", bucket = "transcripts", role = "roles/storage.objectUser" },
+  ]
+
+  # Topic roles (keys of var.topics) each service publishes to.
+  publish_grants = [
+    { service = "router", topic = "asr_gpu" },
+    { service = "router", topic = "asr_deepgram" },
+    { service = "router", topic = "asr_results" }, # JobFailed for uploads it rejects
+    { service = "asr_worker", topic = "asr_results" },
+    { service = "asr_worker", topic = "asr_deepgram" }, # chunks the GPU engine cannot take fall back
+    { service = "deepgram_worker", topic = "asr_results" },
+    # The dead-letter handler falls back once by re-publishing to the other path.
+    { service = "merger", topic = "asr_gpu" },
+    { service = "merger", topic = "asr_deepgram" },
+  ]
+
+  project_roles = ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+
+  # Push targets: the router function's underlying Cloud Run service and the two push services.
+  invoked_services = {
+    router          = google_cloudfunctions2_function.router.name
+    deepgram_worker = google_cloud_run_v2_service.deepgram_worker.name
+    merger          = google_cloud_run_v2_service.merger.name
+  }
+}
+
+resource "google_storage_bucket_iam_member" "service" {
+  for_each = { for g in local.bucket_grants : "${g.service}/${g.bucket}/${g.role}" => g }
+  bucket   = google_storage_bucket.buckets[each.value.bucket].name
+  role     = each.value.role
+  member   = google_service_account.service[each.value.service].member
+}
+
+resource "google_pubsub_topic_iam_member" "service_publishes" {
+  for_each = { for g in local.publish_grants : "${g.service}/${g.topic}" => g }
+  topic    = google_pubsub_topic.topics[var.topics[each.value.topic]].id
+  role     = "roles/pubsub.publisher"
+  member   = google_service_account.service[each.value.service].member
+}
+
+resource "google_pubsub_subscription_iam_member" "asr_worker_pulls" {
+  subscription = google_pubsub_subscription.subs[local.pull_subscription].id
+  role         = "roles/pubsub.subscriber"
+  member       = google_service_account.service["asr_worker"].member
+}
+
+resource "google_project_iam_member" "service" {
+  for_each = { for pair in setproduct(keys(local.service_names), local.project_roles) : "${pair[0]}/${pair[1]}" => pair }
+  project  = var.project_id
+  role     = each.value[1]
+  member   = google_service_account.service[each.value[0]].member
+}
+
+resource "google_secret_manager_secret_iam_member" "service" {
+  for_each = merge([
+    for svc, env in local.secret_env : { for _, secret in env : "${svc}/${secret}" => { service = svc, secret = secret } }
+  ]...)
+  secret_id = google_secret_manager_secret.secrets[each.value.secret].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.service[each.value.service].member
+}
+
+# The Deepgram worker hands Deepgram V4 signed URLs. Cloud Run credentials hold no
+# private key, so it signs through the IAM signBlob API as itself.
+resource "google_service_account_iam_member" "deepgram_worker_signs_urls" {
+  service_account_id = google_service_account.service["deepgram_worker"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = google_service_account.service["deepgram_worker"].member
+}
+
+# --- Pub/Sub push authentication -------------------------------------------
+
+resource "google_cloud_run_v2_service_iam_member" "push_invokes" {
+  for_each = local.invoked_services
+  location = var.region
+  name     = each.value
+  role     = "roles/run.invoker"
+  member   = google_service_account.push.member
+}
+
+# Pub/Sub's service agent mints the OIDC tokens for the push identity.
+resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
+  service_account_id = google_service_account.push.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}
+
+# --- Dead-lettering: the service agent forwards, so it must publish and subscribe.
+
+resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter" {
+  topic  = google_pubsub_topic.topics[var.topics.dead_letter].id
+  role   = "roles/pubsub.publisher"
+  member = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks_dead_letters" {
+  for_each     = { for name, s in var.subscriptions : name => s if s.dead_letter }
+  subscription = google_pubsub_subscription.subs[each.key].id
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
+}
+
+# --- Router function build ---------------------------------------------------
+
+resource "google_project_iam_member" "function_build" {
+  for_each = toset(["roles/cloudbuild.builds.builder", "roles/logging.logWriter"])
+  project  = var.project_id
+  role     = each.value
+  member   = google_service_account.function_build.member
+}
