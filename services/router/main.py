@@ -16,6 +16,7 @@ import threading
 
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from parascribe import logs
 from parascribe.bus import PubSubPublisher
 from parascribe.config import get_settings

@@ -35,10 +35,12 @@ Methods (``TRANSCRIPTION_METHOD``, or ``parascribe-method`` object metadata)
       it can finish in time and spills the rest to Deepgram. If no candidate
       meets the deadline, it takes the fastest one and logs a warning.
     - ``auto`` with ``COST_OPTIMIZATION=false`` behaves as ``hybrid``.
-    - ``hybrid``: the fastest candidate, where both paths finish at about the
-      same time. Ties go to the cheaper plan, which is the one with more GPU
-      chunks. If the GPU's startup alone takes longer than Deepgram needs for
-      the whole job, hybrid sends everything to Deepgram.
+    - ``hybrid``: both paths work in parallel. The GPU takes the first *k*
+      chunks and Deepgram the rest, with 1 ≤ k < n, and *k* is chosen so that
+      the two finish at about the same time, for the lowest latency. Ties go
+      to the cheaper plan, the one with more GPU chunks. The GPU always gets
+      at least one chunk, even when its startup makes it slower than Deepgram
+      alone. A single-chunk job goes to whichever path is faster.
     - With ``ENABLE_GPU_TRANSCRIPTION=false``, auto and hybrid behave as
       ``deepgram``. An upload that asks for ``gpu`` goes to Deepgram when
       ``ENABLE_FALLBACK=true``. Otherwise it fails with a reason.
@@ -251,8 +253,14 @@ def _choose(
     prices = Prices.from_settings(settings)
     durations = [c.duration_s for c in chunks]
     # A candidate is k (the GPU takes the first k chunks) or None (one whole-file Deepgram request).
-    candidates: list[int | None] = [0] if effective == "deepgram" else list(range(n + 1))
-    if n > 1 and (size_bytes is None or size_bytes <= DEEPGRAM_MAX_BYTES):
+    candidates: list[int | None]
+    if effective == "deepgram":
+        candidates = [0]
+    elif effective == "hybrid" and n > 1:
+        candidates = list(range(1, n))
+    else:
+        candidates = list(range(n + 1))
+    if n > 1 and effective != "hybrid" and (size_bytes is None or size_bytes <= DEEPGRAM_MAX_BYTES):
         candidates.append(None)
     scored: list[tuple[float, float, int | None]] = []
     for k in candidates:

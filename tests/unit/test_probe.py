@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from parascribe.contracts import SourceRef
 from parascribe.errors import AudioTooLongError, BadAudioError, TransientError
 from parascribe.probe import BLOCK_SIZE, RangeFile, probe
-
 from tests.fakes import MemoryStore
 
 BUCKET = "uploads"
