@@ -61,7 +61,16 @@ bench: setup  ## all benchmarks
 	$(PY) bench/asr_throughput.py
 	$(PY) bench/stitch_speed.py
 
+infra-names: setup  ## regenerate infra/names.auto.tfvars.json from shared/parascribe/names.py
+	$(PY) infra/scripts/gen_names.py
+
+router-zip: setup  ## package the router's Cloud Functions source (parascribe vendored) into build/router.zip
+	$(PY) infra/scripts/package_router.py
+
+infra-check:  ## terraform formatting (validate/plan need the provider and credentials)
+	terraform fmt -check -recursive infra
+
 clean: down  ## remove local state (keeps the virtualenv)
 	rm -rf .parascribe .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps setup test test-unit up down demo bench-quick bench clean
+.PHONY: help system-deps setup test test-unit up down demo bench-quick bench clean infra-names router-zip infra-check
