@@ -124,6 +124,16 @@ def test_probe_reads_every_supported_container(
     assert (info.sample_rate, info.channels, info.codec, info.container) == (rate, channels, codec, container)
 
 
+def test_recording_without_a_duration_in_its_header_is_measured() -> None:
+    """Browser MediaRecorder webm files carry no duration; the probe reads the stream instead."""
+    data = pyav_bytes("webm", "libopus", 5.0, 48000, repeats=4, options=(("live", "1"),))
+    with av.open(io.BytesIO(data), mode="r") as container:
+        assert container.duration is None
+    info = probe_bytes("recording.webm", data)
+    assert info.duration_s == pytest.approx(20.0, abs=0.1)
+    assert (info.codec, info.container) == ("opus", "webm")
+
+
 def test_probe_reads_speech_from_espeak(tmp_path: Path) -> None:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
