@@ -257,10 +257,10 @@ class Router:
         source = upload.source
         if upload.metadata_error:
             raise PermanentError(f"invalid object metadata: {upload.metadata_error}")
-        limit_bytes = s.max_upload_mb * 1024 * 1024
-        if source.size > limit_bytes:
+        size_mb = source.size / 1024 / 1024
+        if size_mb > s.max_upload_mb:
             raise PermanentError(
-                f"the object is {source.size / 1024 / 1024:.0f} MB; the limit is {s.max_upload_mb:g} MB "
+                f"the object is {size_mb:.{1 if size_mb < 10 else 0}f} MB; the limit is {s.max_upload_mb:g} MB "
                 "(MAX_UPLOAD_MB)"
             )
         audio = probe(self._store, source, s.max_audio_minutes * 60.0)

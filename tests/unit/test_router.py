@@ -288,6 +288,13 @@ def test_too_long_audio_fails_the_job() -> None:
     assert failed.reason == "audio is 5.0 s long; the limit is 3.0 s (MAX_AUDIO_MINUTES=0.05)"
 
 
+def test_oversized_object_fails_before_any_read() -> None:
+    stack = Stack(max_upload_mb=0.5)
+    handle_cloudevent(stack.router, storage_event(stack.upload("big.wav", wav(20.0))))  # 640 KB
+    [(failed, _)] = stack.failures()
+    assert failed.reason == "the object is 0.6 MB; the limit is 0.5 MB (MAX_UPLOAD_MB)"
+
+
 def test_failure_is_retried_when_job_failed_cannot_be_published() -> None:
     stack = Stack()
     body = stack.upload("bad.wav", b"\x00" * 1000)
