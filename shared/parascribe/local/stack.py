@@ -148,6 +148,7 @@ def up(home: Path | None = None, timeout_s: float = 240.0) -> StackState:
     logs = home / "logs"
     emu = Emulators(workdir=home)
     emu.start()
+    emu.export_env()
     state = StackState(
         home=str(home), project=emu.project, pubsub_host=emu.pubsub_host, storage_host=emu.storage_host,
         pids=dict(emu.pids),
