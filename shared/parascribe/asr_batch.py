@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,6 +62,21 @@ class Outcome:
     kind: Kind
     published: list[tuple[str, Contract]] = field(default_factory=list)
     reason: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A message parsed and, when there is an engine, its span decoding in the background."""
+
+    inbound: Inbound
+    task: ChunkTask | None
+    audio: Future[AudioChunk] | None = None
+    malformed: str | None = None
+
+    def cancel(self) -> None:
+        """Drop the decode if it has not started."""
+        if self.audio is not None:
+            self.audio.cancel()
 
 
 @dataclass
@@ -116,9 +131,21 @@ class BatchProcessor:
 
     def close(self) -> None:
         """Stop the decode threads and close the engine."""
-        self._decoders.shutdown(wait=True)
+        self._decoders.shutdown(wait=True, cancel_futures=True)
         if self._engine is not None:
             self._engine.close()
+
+    def prepare(self, msg: Inbound) -> Prepared:
+        """Parse a message and start decoding its span in the background.
+
+        Called as messages arrive, so decoding the next batch overlaps inference on this one.
+        """
+        try:
+            task = decode(ChunkTask, msg.data)
+        except PermanentError as err:
+            return Prepared(msg, None, malformed=err.reason)
+        audio = self._decoders.submit(self._decode_one, task) if self._engine is not None else None
+        return Prepared(msg, task, audio)
 
     def process_batch(self, messages: Sequence[Inbound]) -> list[Outcome]:
         """Transcribe a batch and publish what it produced; say how to settle each message.
@@ -127,23 +154,27 @@ class BatchProcessor:
             One :class:`Outcome` per message, in order. Every publish has already
             happened when this returns; ``ack`` outcomes are safe to ack.
         """
-        outcomes: list[Outcome | None] = [None] * len(messages)
-        work: list[_Work] = []
-        for pos, msg in enumerate(messages):
-            try:
-                work.append(_Work(pos, decode(ChunkTask, msg.data)))
-            except PermanentError as err:
-                log.error("dropping malformed message %s: %s", msg.message_id, err.reason)
-                outcomes[pos] = Outcome(msg.message_id, "ack", "malformed", reason=err.reason)
+        return self.run([self.prepare(m) for m in messages])
+
+    def run(self, batch: Sequence[Prepared]) -> list[Outcome]:
+        """:meth:`process_batch` for messages already passed through :meth:`prepare`."""
         started = time.monotonic()
-        if self._engine is None:
-            for w in work:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        work: list[_Work] = []
+        for pos, item in enumerate(batch):
+            if item.task is None:
+                log.error("dropping malformed message %s: %s", item.inbound.message_id, item.malformed)
+                outcomes[pos] = Outcome(item.inbound.message_id, "ack", "malformed", reason=item.malformed)
+                continue
+            w = _Work(pos, item.task)
+            work.append(w)
+            if self._engine is None:
                 w.failure, w.failure_detail = "engine_unavailable", self._unavailable
-        else:
-            self._decode_all(work, messages, outcomes)
-            ready = [w for w in work if outcomes[w.pos] is None]
-            if ready:
-                self._transcribe(ready)
+            elif item.audio is not None:
+                outcomes[pos] = self._await_audio(item, w)
+        ready = [w for w in work if outcomes[w.pos] is None and w.chunk is not None]
+        if ready:
+            self._transcribe(ready)
         wall = time.monotonic() - started
         transcribed = [w for w in work if outcomes[w.pos] is None and w.output is not None]
         total_audio = sum(_duration(w) for w in transcribed)
@@ -151,23 +182,24 @@ class BatchProcessor:
             if outcomes[w.pos] is not None:
                 continue
             share = wall * _duration(w) / total_audio if total_audio > 0 else wall / max(1, len(transcribed))
-            outcomes[w.pos] = self._settle(messages[w.pos], w, share)
+            outcomes[w.pos] = self._settle(batch[w.pos].inbound, w, share)
         return [o for o in outcomes if o is not None]
 
-    def _decode_all(self, work: list[_Work], messages: Sequence[Inbound], outcomes: list[Outcome | None]) -> None:
-        futures = [(w, self._decoders.submit(self._decode_one, w.task)) for w in work]
-        for w, fut in futures:
-            msg = messages[w.pos]
-            try:
-                w.chunk = fut.result()
-            except PermanentError as err:
-                reason = f"chunk {w.task.chunk.index} ({w.task.chunk.start_s:.1f}-{w.task.chunk.end_s:.1f} s) " \
-                         f"of {w.task.source.uri}: {err.reason}"
-                log.error("bad audio: %s", reason, extra=_ctx(w.task))
-                outcomes[w.pos] = self._publish_error(msg, w.task, reason)
-            except Exception as err:  # storage, disk, anything else: retrying may help
-                log.warning("cannot fetch or decode %s, will retry: %s", w.task.source.uri, err, extra=_ctx(w.task))
-                outcomes[w.pos] = Outcome(msg.message_id, "nack", "retry", reason=str(err))
+    def _await_audio(self, item: Prepared, w: _Work) -> Outcome | None:
+        """Wait for the span's samples; an Outcome when the task ends here instead."""
+        assert item.audio is not None
+        msg, task = item.inbound, w.task
+        try:
+            w.chunk = item.audio.result()
+        except PermanentError as err:
+            reason = f"chunk {task.chunk.index} ({task.chunk.start_s:.1f}-{task.chunk.end_s:.1f} s) " \
+                     f"of {task.source.uri}: {err.reason}"
+            log.error("bad audio: %s", reason, extra=_ctx(task))
+            return self._publish_error(msg, task, reason)
+        except Exception as err:  # storage, disk, a cancelled decode: retrying may help
+            log.warning("cannot fetch or decode %s, will retry: %s", task.source.uri, err, extra=_ctx(task))
+            return Outcome(msg.message_id, "nack", "retry", reason=str(err) or type(err).__name__)
+        return None
 
     def _decode_one(self, task: ChunkTask) -> AudioChunk:
         with self._cache.hold(task.source) as path:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import google.cloud.pubsub_v1 as pubsub_v1
 
 from parascribe import names
-from parascribe.asr_batch import BatchProcessor, Inbound, Outcome
+from parascribe.asr_batch import BatchProcessor, Inbound, Outcome, Prepared
 from parascribe.bus import Publisher, PubSubPublisher
 from parascribe.config import Settings
 from parascribe.decode import SourceCache
@@ -58,7 +58,7 @@ class Ackable(Protocol):
 
 @dataclass
 class _Pending:
-    inbound: Inbound
+    item: Prepared
     handle: Ackable
 
 
@@ -111,6 +111,7 @@ class AsrWorker:
         self._stopped = False
         self._stop_lock = threading.Lock()
         self._accepting = False
+        self._intake = threading.Lock()
         self._thread: threading.Thread | None = None
         self._subscriber = subscriber
         self._own_subscriber = subscriber is None
@@ -139,10 +140,14 @@ class AsrWorker:
 
     def submit(self, inbound: Inbound, handle: Ackable) -> None:
         """Queue a message for the inference thread (the Pub/Sub callback calls this)."""
-        if not self._accepting:
-            handle.nack()
-            return
-        self._queue.put(_Pending(inbound, handle))
+        with self._intake:
+            if self._accepting:
+                try:
+                    self._queue.put(_Pending(self._batch.prepare(inbound), handle))
+                    return
+                except Exception:
+                    log.exception("cannot queue message %s; nacking it", inbound.message_id)
+        handle.nack()
 
     def _gather(self) -> list[_Pending] | None:
         """The next batch, or None once the worker is halting."""
@@ -159,6 +164,7 @@ class AsrWorker:
         while len(batch) < self._batch_size:
             if self._halt.is_set():
                 for p in batch:
+                    p.item.cancel()
                     p.handle.nack()
                 return None
             remaining = deadline - time.monotonic()
@@ -173,10 +179,10 @@ class AsrWorker:
     def _loop(self) -> None:
         while (batch := self._gather()) is not None:
             try:
-                outcomes = self._batch.process_batch([p.inbound for p in batch])
+                outcomes = self._batch.run([p.item for p in batch])
             except Exception:
                 log.exception("batch of %d failed unexpectedly; nacking it", len(batch))
-                outcomes = [Outcome(p.inbound.message_id, "nack", "retry") for p in batch]
+                outcomes = [Outcome(p.item.inbound.message_id, "nack", "retry") for p in batch]
             for pending, outcome in zip(batch, outcomes, strict=True):
                 (pending.handle.ack if outcome.action == "ack" else pending.handle.nack)()
 
@@ -245,14 +251,17 @@ class AsrWorker:
             if self._stopped:
                 return
             self._stopped = True
-        self._accepting = False
+        with self._intake:
+            self._accepting = False
         self._halt.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
         nacked = 0
         while True:
             try:
-                self._queue.get_nowait().handle.nack()
+                pending = self._queue.get_nowait()
+                pending.item.cancel()
+                pending.handle.nack()
                 nacked += 1
             except queue.Empty:
                 break

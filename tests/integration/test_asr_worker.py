@@ -103,7 +103,8 @@ def pull(settings: Settings, sub_name: str, want: int, timeout_s: float = 90.0) 
     deadline = time.monotonic() + timeout_s
     try:
         while len(out) < want and time.monotonic() < deadline:
-            resp = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=10)
+            wait_s = max(0.5, min(10.0, deadline - time.monotonic()))
+            resp = subscriber.pull(request={"subscription": sub, "max_messages": 10}, timeout=wait_s)
             if resp.received_messages:
                 subscriber.acknowledge(request={"subscription": sub,
                                                 "ack_ids": [m.ack_id for m in resp.received_messages]})

@@ -408,11 +408,30 @@ def test_thread_lingers_for_a_partial_batch(make_worker: Any, source: SourceRef)
     assert [len(c) for c in engine.calls] == [2, 1]
 
 
+def test_next_batch_is_fetched_and_decoded_while_the_engine_runs(make_worker: Any, store: FlakyStore,
+                                                               source: SourceRef) -> None:
+    pub = RecordingPublisher()
+    settled: list[tuple[str, str, float]] = []
+    other = upload(store, "other.wav", wav_bytes(2.0))
+    engine = FakeEngine(delay_s=1.0)
+    worker = make_worker(engine, pub, gpu_batch_size=1, gpu_batch_linger_ms=0)
+    worker.start(pull=False)
+    [first] = inbound(tasks_for(source, 1))
+    [second] = inbound(tasks_for(other, 1, job="jother"))
+    worker.submit(first, Handle(first.message_id, pub, settled))
+    wait_for(lambda: len(engine.calls) == 1)
+    worker.submit(second, Handle(second.message_id, pub, settled))
+    wait_for(lambda: store.downloads == 2, timeout_s=0.8)  # fetched while the first batch is still in the engine
+    assert len(engine.calls) == 1 and settled == []
+    wait_for(lambda: len(settled) == 2)
+    assert [a for _, a, _ in settled] == ["ack", "ack"]
+
+
 def test_stop_finishes_the_batch_in_hand_and_nacks_the_queue(make_worker: Any, source: SourceRef) -> None:
     pub = RecordingPublisher()
     settled: list[tuple[str, str, float]] = []
     engine = FakeEngine(delay_s=0.5)
-    worker = make_worker(engine, pub, gpu_batch_size=2, gpu_batch_linger_ms=0)
+    worker = make_worker(engine, pub, gpu_batch_size=2, gpu_batch_linger_ms=2000)
     worker.start(pull=False)
     for msg in inbound(tasks_for(source, 5)):
         worker.submit(msg, Handle(msg.message_id, pub, settled))
