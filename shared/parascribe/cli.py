@@ -147,8 +147,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from parascribe.metrics import summarise_local
 
+    from parascribe.local.stack import running_state
+
+    state = running_state()
     settings, _, _ = _clients()
-    print(summarise_local(Path(settings.metrics_local_path)))  # type: ignore[attr-defined]
+    path = state.env.get("METRICS_LOCAL_PATH") if state else None
+    print(summarise_local(Path(path or settings.metrics_local_path)))
     return 0
 
 

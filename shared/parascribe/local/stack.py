@@ -168,6 +168,8 @@ def _start_parts(state: StackState, emu: Emulators, root: Path, logs: Path, time
     # The local Deepgram server transcribes one request at a time on 2 cores; more in flight only time out.
     env.setdefault("DEEPGRAM_MAX_CONCURRENCY", "2")
     env.setdefault("METRICS_LOCAL_PATH", str(Path(state.home) / "metrics.jsonl"))
+    env.setdefault("METRICS_FLUSH_SECONDS", "10")
+    state.env["METRICS_LOCAL_PATH"] = env["METRICS_LOCAL_PATH"]
 
     if not env.get("DEEPGRAM_API_KEY"):
         port = state.ports["deepgram_server"] = free_port()
