@@ -102,7 +102,8 @@ class BatchProcessor:
         engine_unavailable_reason: why ``engine`` is None.
         decode_workers: threads that decode a batch's spans in parallel.
 
-    Call :meth:`process_batch` from one thread (engines are not thread-safe).
+    Call :meth:`process_batch` and :meth:`run` from one thread (engines are not thread-safe);
+    :meth:`prepare` from any.
     """
 
     def __init__(self, settings: Settings, engine: AsrEngine | None, publisher: Publisher, cache: SourceCache, *,
