@@ -296,6 +296,24 @@ def test_cpu_fallback_runs_the_chunk_on_a_cpu_copy(tiny_nemo: Path, monkeypatch:
     engine.close()
 
 
+@pytest.mark.nemo
+def test_bf16_keeps_every_weight_in_bf16_across_attention_switches(tiny_nemo: Path) -> None:
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu", bf16=True,
+                            long_audio_threshold_s=LONG_S)
+    batch = [_chunk("long", 3.0, 30.0, 61), _chunk("short", 1.2, 0.0, 62)]
+    out = engine.transcribe(batch)
+    for o, c in zip(out, batch, strict=True):
+        _assert_in_file_time(o, c)
+    assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}
+    engine.transcribe([batch[0]])
+    assert engine.attention == "local"
+    assert {p.dtype for p in engine.model.parameters()} == {torch.bfloat16}, "new attention layers are cast too"
+    engine.close()
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20

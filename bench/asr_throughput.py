@@ -1,0 +1,218 @@
+"""Parakeet throughput: NeMo used naively against the engine as the worker runs it, in one run.
+
+Run: ``.venv/bin/python bench/asr_throughput.py [--quick] [--device auto|cpu|cuda] [--batch-size N]
+[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16]``. Prints one JSON object on stdout.
+
+The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024, TDT decoder,
+1024-piece tokenizer) built from its config with random weights, so nothing is downloaded.
+
+- naive: NeMo's defaults, fp32, one file per ``transcribe()`` call (with word timestamps, since
+  the pipeline needs them);
+- optimized: :class:`parascribe.engines.parakeet.ParakeetEngine` on batches of ``--batch-size``
+  chunks: length-sorted, inference mode, bf16 on a GPU and on CPUs with native bf16 (fp32 otherwise),
+  timestamps configured once.
+
+Random weights emit about one token per encoder frame, several times more than real speech, which
+inflates decoding time; so the encoder's own RTFx (preprocessor + encoder, no decoding) is reported
+for both modes too. Peak memory is the process's peak RSS on a CPU and
+``torch.cuda.max_memory_allocated`` on a GPU, reset before each mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from parascribe.engines.base import SAMPLE_RATE, AudioChunk
+from parascribe.engines.parakeet import ParakeetEngine
+from parascribe.engines.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
+from parascribe.engines.parakeet_runtime import choose_bf16, choose_device, cpu_supports_bf16
+
+QUICK = {"cpu": (15.0, 4, 4), "cuda": (600.0, 8, 8)}
+"""--quick: (chunk seconds, chunks, batch size) per device kind."""
+FULL = {"cpu": (60.0, 8, 8), "cuda": (600.0, 32, 16)}
+
+
+def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
+    """Speech-band tones in noise with a syllable-like envelope: 16 kHz mono float32."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    t = np.arange(n, dtype=np.float64) / SAMPLE_RATE
+    pitch = 150 + 1500 * np.abs(np.sin(2 * np.pi * 0.3 * t + seed))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)
+    voiced = 0.2 * envelope * np.sin(2 * np.pi * np.cumsum(pitch) / SAMPLE_RATE)
+    return (voiced + 0.02 * rng.standard_normal(n)).astype(np.float32)
+
+
+class PeakMemory:
+    """Peak RSS (CPU) or peak allocated CUDA memory since :meth:`reset`, in MB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        # Writing 5 resets VmHWM, the peak RSS (Linux 4.0+).
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_memory_allocated" if self.device.type == "cuda" else "peak_rss"
+
+
+def timed(device: torch.device, fn: Callable[[], Any]) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def encode(model: Any, audio: Sequence[np.ndarray], device: torch.device, bf16: bool) -> None:
+    """Preprocessor + encoder on one padded batch, as ``transcribe`` runs them, without decoding."""
+    lengths = torch.tensor([len(a) for a in audio], device=device)
+    signal = torch.zeros(len(audio), int(lengths.max()), device=device)
+    for i, a in enumerate(audio):
+        signal[i, : len(a)] = torch.from_numpy(a)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                enabled=bf16 and device.type == "cpu"):
+        model.forward(input_signal=signal, input_signal_length=lengths)
+
+
+def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i: i + size] for i in range(0, len(items), size)]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = choose_device(args.device)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    preset = (QUICK if args.quick else FULL)[kind]
+    chunk_s = args.chunk_seconds or preset[0]
+    n_chunks = args.n_chunks or preset[1]
+    batch_size = args.batch_size or preset[2]
+    audio = [synthetic_audio(chunk_s, seed) for seed in range(n_chunks)]
+    audio_s = chunk_s * n_chunks
+    memory = PeakMemory(device)
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as workdir:
+        model = build_tdt_model(PARAKEET_TDT_0_6B_V2, workdir).to(device)
+    build_s = time.perf_counter() - start
+    n_params = sum(p.numel() for p in model.parameters())
+    warm = synthetic_audio(5.0, 99)
+
+    # --- naive: NeMo defaults, fp32, one file per call ---
+    model.eval()
+
+    def naive_one(a: np.ndarray) -> None:
+        model.transcribe([a], batch_size=1, timestamps=True, verbose=False)
+
+    naive_one(warm)
+    memory.reset()
+    naive_s = timed(device, lambda: [naive_one(a) for a in audio])
+    naive_mem = memory.peak_mb()
+    model.eval()
+    encode(model, [warm], device, False)
+    naive_enc_s = timed(device, lambda: [encode(model, [a], device, False) for a in audio])
+
+    # --- optimized: the engine, as the worker runs it ---
+    bf16 = choose_bf16(device, args.precision)
+    engine = ParakeetEngine(model, device, bf16=bf16)
+    engine.warm_up()
+    chunks = [AudioChunk(key=str(i), samples=a, offset_s=i * chunk_s) for i, a in enumerate(audio)]
+    memory.reset()
+    words = 0
+
+    def optimized() -> None:
+        nonlocal words
+        for batch in batches(chunks, batch_size):
+            words += sum(len(out.words) for out in engine.transcribe(batch))
+
+    opt_s = timed(device, optimized)
+    opt_mem = memory.peak_mb()
+    encode(engine.model, [warm], device, bf16)
+    opt_enc_s = timed(device, lambda: [encode(engine.model, list(b), device, bf16) for b in batches(audio, batch_size)])
+
+    return {
+        "benchmark": "asr_throughput",
+        "model": "parakeet-tdt-0.6b-v2 architecture, random weights",
+        "parameters": n_params,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_supports_bf16(),
+        "quick": args.quick,
+        "audio_seconds": audio_s,
+        "chunk_seconds": chunk_s,
+        "n_chunks": n_chunks,
+        "batch_size": batch_size,
+        "precision_naive": "fp32",
+        "precision_optimized": "bf16" if bf16 else "fp32",
+        "seconds_naive": round(naive_s, 3),
+        "seconds_optimized": round(opt_s, 3),
+        "rtfx_naive": round(audio_s / naive_s, 2),
+        "rtfx_optimized": round(audio_s / opt_s, 2),
+        "speedup": round(naive_s / opt_s, 2),
+        "encoder_rtfx_naive": round(audio_s / naive_enc_s, 2),
+        "encoder_rtfx_optimized": round(audio_s / opt_enc_s, 2),
+        "encoder_speedup": round(naive_enc_s / opt_enc_s, 2),
+        "memory_kind": memory.kind,
+        "peak_memory_naive_mb": round(naive_mem, 1),
+        "peak_memory_optimized_mb": round(opt_mem, 1),
+        "words_per_audio_minute_optimized": round(words / (audio_s / 60), 1),
+        "build_seconds": round(build_s, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run (under 3 minutes on a 2-core CPU)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--chunk-seconds", type=float, default=None)
+    parser.add_argument("--n-chunks", type=int, default=None)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="the optimized mode's precision (auto: bf16 on GPUs and CPUs with native bf16)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with contextlib.suppress(ImportError):
+        from nemo.utils import logging as nemo_logging
+
+        nemo_logging.setLevel(logging.ERROR)
+    # NeMo and SentencePiece print progress; stdout carries only the JSON result.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
