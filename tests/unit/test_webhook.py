@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -248,3 +251,47 @@ def test_payload_without_summary_or_source() -> None:
     assert p["source"] is None and p["summary"]["word_count"] == 0 and p["type"] == "transcription.failed"
     status.source = SourceRef(bucket="b", name="n", generation="1", size=0)
     assert build_payload(status)["source"]["uri"] == "gs://b/n"
+
+
+CONVEX = Path(__file__).resolve().parents[2] / "examples" / "convex"
+
+
+def test_the_convex_example_verifies_what_we_sign(tmp_path: Path) -> None:
+    """Runs examples/convex/convex/webhookSignature.ts (WebCrypto) in Node against our signatures."""
+    esbuild = CONVEX / "node_modules" / ".bin" / "esbuild"
+    if shutil.which("node") is None or not esbuild.exists():
+        pytest.skip("needs node and `npm install` in examples/convex to run the Convex verifier")
+    bundle = tmp_path / "verify.cjs"
+    subprocess.run([str(esbuild), "scripts/verify-cli.ts", "--bundle", "--platform=node", f"--outfile={bundle}",
+                    "--log-level=warning"], cwd=CONVEX, check=True, timeout=60)
+    now = int(time.time())
+    body = json.dumps({"job_id": "j1", "status": "done", "note": "ünïcode"}).encode()
+
+    def case(secret: str, sig_secret: str | None = None, ts: int = now, data: bytes = body,
+             extra_sig: str = "", drop: str = "") -> dict[str, object]:
+        sig = sign(secret_bytes(sig_secret or secret), "j1", ts, data)
+        headers = {"webhook-id": "j1", "webhook-timestamp": str(ts),
+                   "webhook-signature": f"{extra_sig} {sig}".strip()}
+        headers.pop(drop, None)
+        return {"secret": secret, "headers": headers, "body_b64": base64.b64encode(body).decode(), "now": now}
+
+    vector = {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "now": 1614265330,
+              "body_b64": base64.b64encode(b'{"test": 2432232314}').decode(),
+              "headers": {"webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek", "webhook-timestamp": "1614265330",
+                          "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}}
+    cases = [
+        case(SECRET),                                     # whsec_ secret
+        case("a raw shared secret"),                      # raw secret bytes
+        case(SECRET, extra_sig="v1,bm9wZQ== v2,xyz"),     # one of several signatures
+        vector,                                           # the Standard Webhooks test vector
+        case(SECRET, data=body + b" "),                   # body changed after signing
+        case(SECRET, sig_secret="whsec_" + base64.b64encode(b"other").decode()),  # wrong secret
+        case(SECRET, ts=now - 301),                       # too old
+        case(SECRET, ts=now + 301),                       # too far ahead
+        case(SECRET, drop="webhook-signature"),           # unsigned
+    ]
+    run = subprocess.run(["node", str(bundle)], input=json.dumps(cases), capture_output=True, text=True,
+                         check=True, timeout=60)
+    verdicts = json.loads(run.stdout)
+    assert [v["ok"] for v in verdicts] == [True, True, True, True, False, False, False, False, False]
+    assert [v.get("status") for v in verdicts[4:]] == [401, 401, 401, 401, 400]
