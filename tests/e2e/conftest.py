@@ -35,7 +35,10 @@ PARAGRAPH = (
     "Today most lighthouses run by themselves, and their beams are controlled by small computers. "
     "Still, people love to visit them, to climb to the top, and to look out over the sea. "
     "Some towers have become museums, where visitors learn about storms, shipwrecks and brave rescues. "
-    "Others are quiet homes for birds, standing alone on rocks where the waves break all year long."
+    "Others are quiet homes for birds, standing alone on rocks where the waves break all year long. "
+    "In winter the wind is strong, and the spray can reach the windows near the very top of the tower. "
+    "Engineers still check the lamps, paint the walls, and repair the doors before each new season begins. "
+    "When the fog rolls in, a deep horn sounds every minute, warning boats that the rocks are near."
 )
 
 
@@ -96,7 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def paragraph_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 60 s of espeak-ng speech."""
+    """About 65 s of espeak-ng speech."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it); no test speech")
     path = tmp_path_factory.mktemp("speech") / "lighthouse.wav"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -87,7 +88,7 @@ def _publish_duplicate_notification(stack: Stack, bucket: str, name: str) -> Non
         " objectId=m['name'], objectGeneration=str(m['generation']), eventType='OBJECT_FINALIZE',"
         " payloadFormat='JSON_API_V1').result(30)"
     )
-    subprocess.run(["python", "-c", code, json.dumps(meta), str(state["project"])], env=env, check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code, json.dumps(meta), str(state["project"])], env=env, check=True, timeout=60)
 
 
 def test_duplicate_notification_yields_one_job_and_one_webhook(stack: Stack, tmp_path: Path) -> None:
