@@ -26,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -319,8 +319,3 @@ def summarise_local(path: str | Path) -> str:
         lines.append(f"({skipped} unreadable lines skipped)")
     return "\n".join(lines)
 
-
-def record_all(exporter: MetricsExporter, records: Sequence[tuple[str, float, Mapping[str, str]]]) -> None:
-    """Record several values at once (a finished job's metrics)."""
-    for metric, value, labels in records:
-        exporter.record(metric, value, labels)
