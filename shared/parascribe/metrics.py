@@ -319,3 +319,20 @@ def summarise_local(path: str | Path) -> str:
         lines.append(f"({skipped} unreadable lines skipped)")
     return "\n".join(lines)
 
+
+
+class EventSource(Protocol):
+    """A counter that announces increments (``parascribe.engines.deepgram.auth_errors`` is one)."""
+
+    metric: str
+
+    def subscribe(self, listener: Callable[[int], None]) -> None: ...
+
+
+def forward_events(source: EventSource, exporter: MetricsExporter, labels: Mapping[str, str] | None = None) -> None:
+    """Record every future increment of ``source`` under its metric type.
+
+    A service wires it once at start-up, e.g. the Deepgram worker:
+    ``forward_events(deepgram.auth_errors, exporter_from_settings(settings, "deepgram_worker"))``.
+    """
+    source.subscribe(lambda n: exporter.record(source.metric, float(n), labels))

@@ -18,6 +18,7 @@ from parascribe.metrics import (
     NullExporter,
     Point,
     exporter_from_settings,
+    forward_events,
     label_value,
     summarise_local,
 )
@@ -218,3 +219,15 @@ def test_cloud_exporter_from_settings_uses_generic_task(monitoring: MetricServic
     assert s.resource_labels["project_id"] == "proj-9" and s.resource_labels["location"] == "us-central1"
     assert s.resource_labels["job"] == "merger" and len(s.resource_labels["task_id"]) == 16
     assert s.end_time == pytest.approx(t0, abs=5)
+
+
+def test_forward_events_records_counter_increments(tmp_path: Path) -> None:
+    from parascribe.engines.deepgram import EventCounter
+
+    counter = EventCounter(mn.DEEPGRAM_AUTH_ERRORS)
+    exp = LocalExporter(tmp_path / "m.jsonl", service="deepgram_worker")
+    forward_events(counter, exp)
+    counter.increment()
+    counter.increment(2)
+    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert [(x["metric"], x["value"]) for x in lines] == [(mn.DEEPGRAM_AUTH_ERRORS, 1.0), (mn.DEEPGRAM_AUTH_ERRORS, 2.0)]
