@@ -145,9 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from parascribe.metrics import summarise_local
-
     from parascribe.local.stack import running_state
+    from parascribe.metrics import summarise_local
 
     state = running_state()
     settings, _, _ = _clients()

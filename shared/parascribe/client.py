@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.cloud import storage
+import google.cloud.storage as storage
 
 from parascribe.config import Settings
 from parascribe.contracts import JobStatus, make_job_id
@@ -97,6 +97,7 @@ def transcript_text(store: GcsStore, status: JobStatus) -> str | None:
 
 def result_record(sub: Submission, status: JobStatus | None, text: str | None, timed_out: bool) -> dict[str, object]:
     """The one JSON object ``submit --wait --json`` prints per file."""
+    reason: str | None
     if status is None:
         state, reason = ("timeout" if timed_out else "unknown"), "the job never reported a status"
     elif not status.final:

@@ -41,11 +41,11 @@ from typing import Protocol
 
 import google.auth
 import google.auth.transport.requests
+import google.cloud.storage as storage
 import numpy as np
 import soundfile as sf
 from flask import Flask
 from google.auth.credentials import AnonymousCredentials, Signing
-from google.cloud import storage
 
 from parascribe import names
 from parascribe.bus import Publisher, PubSubPublisher

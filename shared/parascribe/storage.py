@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
-from google.cloud import storage
 
 from parascribe.errors import BadAudioError, TransientError
 

@@ -21,6 +21,9 @@ import pytest
 import soundfile as sf
 from flask.testing import FlaskClient
 from google.cloud import pubsub_v1
+from pydantic import SecretStr
+from werkzeug.serving import make_server
+
 from parascribe import names
 from parascribe.bus import PubSubPublisher
 from parascribe.config import Settings
@@ -38,8 +41,6 @@ from parascribe.deepgram_worker import build_worker, create_app
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.storage import GcsStore
-from pydantic import SecretStr
-from werkzeug.serving import make_server
 
 pytestmark = pytest.mark.integration
 

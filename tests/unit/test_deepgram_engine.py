@@ -17,12 +17,13 @@ import pytest
 from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.types.listen_v1response import ListenV1Response
+from pydantic import SecretStr
+
 from parascribe import metric_names
 from parascribe.config import Settings, load_settings
 from parascribe.engines.deepgram import DeepgramTranscriber, auth_errors, build_client, classify, normalise
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
-from pydantic import SecretStr
 
 KEY = "test-key-0123456789"
 SENTENCE = "please send the quarterly report to the finance team before friday afternoon"

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
 from parascribe.contracts import EngineName, Word
 from parascribe.engines.base import AudioChunk, EngineOutput
 from parascribe.local.deepgram_server import RunningServer, start_in_thread

@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from flask.testing import FlaskClient
+from pydantic import SecretStr
+
 from parascribe import names
 from parascribe.config import Settings, load_settings
 from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, AudioInfo, ChunkResult, ChunkSpec, ChunkTask, SourceRef
@@ -30,8 +32,6 @@ from parascribe.engines.deepgram import DeepgramTranscriber, DeepgramTranscript
 from parascribe.errors import TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.pushapp import PushMessage
-from pydantic import SecretStr
-
 from tests.fakes import MemoryStore, RecordingPublisher
 
 KEY = "worker-test-key"

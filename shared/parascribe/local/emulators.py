@@ -10,6 +10,7 @@ test run never collide.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,9 +22,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import google.cloud.pubsub_v1 as pubsub_v1
+import google.cloud.storage as storage
 import httpx
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1, storage
 
 from parascribe import names
 from parascribe.config import Settings, load_settings
@@ -97,15 +99,11 @@ def stop_group(pid: int, timeout_s: float = 10.0) -> None:
             os.killpg(pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap our own child so it does not linger as a zombie
+        with contextlib.suppress(ChildProcessError):  # reap our own child so it does not linger as a zombie
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass
@@ -213,10 +211,8 @@ def provision(settings: Settings, push_endpoints: dict[str, str] | None = None) 
     subscriber = pubsub_v1.SubscriberClient()
     try:
         for topic in names.TOPICS:
-            try:
+            with contextlib.suppress(gexc.AlreadyExists):
                 publisher.create_topic(name=settings.topic_path(topic))
-            except gexc.AlreadyExists:
-                pass
         for sub in names.SUBSCRIPTIONS:
             request: dict[str, object] = {
                 "name": settings.subscription_path(sub.name),
@@ -244,7 +240,5 @@ def provision(settings: Settings, push_endpoints: dict[str, str] | None = None) 
         publisher.stop()
     client = storage.Client(project=settings.gcp_project)
     for base_name in names.BUCKETS:
-        try:
+        with contextlib.suppress(gexc.Conflict):
             client.create_bucket(settings.bucket(base_name))
-        except gexc.Conflict:
-            pass
