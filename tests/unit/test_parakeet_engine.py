@@ -275,11 +275,11 @@ def test_chunk_that_never_fits_fails_permanently(
 def test_cpu_fallback_runs_the_chunk_on_a_cpu_copy(tiny_nemo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nemo.collections.asr.models import ASRModel
 
-    loads: list[int] = []
+    loads: list[Any] = []
 
     def load_cpu_copy() -> Any:
-        loads.append(1)
-        return ASRModel.restore_from(str(tiny_nemo), map_location="cpu")
+        loads.append(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"))
+        return loads[-1]
 
     engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
                             long_audio_threshold_s=900.0, cpu_fallback=load_cpu_copy)
@@ -292,7 +292,9 @@ def test_cpu_fallback_runs_the_chunk_on_a_cpu_copy(tiny_nemo: Path, monkeypatch:
 
     assert _words(first) == _words(second) == expected
     assert engine.recoveries["cpu_fallback"] == 2
-    assert loads == [1], "the CPU copy loads once and is kept"
+    assert len(loads) == 1, "the CPU copy loads once and is kept"
+    assert loads[0].cfg.encoder.self_attention_model == "rel_pos_local_attn", "memory linear in length on the CPU"
+    assert engine.attention == "local", "the GPU model tried local attention before giving up"
     engine.close()
 
 

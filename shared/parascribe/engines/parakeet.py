@@ -235,7 +235,8 @@ class ParakeetEngine:
             log.warning("parakeet: a %.0f s chunk does not fit on %s; running it on a CPU copy", seconds,
                         self._device)
             cpu = self._cpu_runner()
-            cpu.set_local(len(samples) > self._long_samples)
+            # Only big chunks get here; local attention keeps their memory linear in length.
+            cpu.set_local(True)
             try:
                 return cpu.run([samples])[0]
             except OutOfMemory:
