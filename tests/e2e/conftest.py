@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from parascribe.local import stack as stack_mod
+from tests.speech import speak
 
 # Short chunks force many chunks through the pipeline; a small maximum makes "too long" cheap to test.
 STACK_ENV = {
@@ -100,8 +101,4 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def paragraph_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 65 s of espeak-ng speech."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make setup installs it); no test speech")
-    path = tmp_path_factory.mktemp("speech") / "lighthouse.wav"
-    subprocess.run(["espeak-ng", "-s", "145", "-w", str(path), PARAGRAPH], check=True)
-    return path
+    return speak(PARAGRAPH, tmp_path_factory.mktemp("speech") / "lighthouse.wav", rate=145)

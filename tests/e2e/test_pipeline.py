@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from tests.e2e.conftest import PARAGRAPH, Stack, words
+from tests.speech import speak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -92,8 +93,7 @@ def _publish_duplicate_notification(stack: Stack, bucket: str, name: str) -> Non
 
 
 def test_duplicate_notification_yields_one_job_and_one_webhook(stack: Stack, tmp_path: Path) -> None:
-    clip = tmp_path / "short-hello.wav"
-    subprocess.run(["espeak-ng", "-w", str(clip), "Hello from the duplicate notification test."], check=True)
+    clip = speak("Hello from the duplicate notification test.", tmp_path / "short-hello.wav", rate=175)
     [record] = stack.submit(clip)
     assert record["status"] == "done", record
     source = str(record["source"]).removeprefix("gs://")
@@ -142,8 +142,7 @@ def test_bad_inputs_fail_fast_with_reasons_and_the_next_upload_succeeds(stack: S
         assert record["status"] == "failed", f"{label}: {record}"
         assert phrase in str(record["reason"]).lower(), f"{label}: reason {record['reason']!r} lacks {phrase!r}"
     assert elapsed < 120, f"bad inputs took {elapsed:.0f}s to fail"
-    clip = tmp_path / "after-bad.wav"
-    subprocess.run(["espeak-ng", "-w", str(clip), "The pipeline keeps working after bad input."], check=True)
+    clip = speak("The pipeline keeps working after bad input.", tmp_path / "after-bad.wav", rate=175)
     [record] = stack.submit(clip)
     assert record["status"] == "done", record
     assert "pipeline" in words(str(record["text"]))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from parascribe.contracts import (
 from parascribe.decode import SourceCache
 from parascribe.local.emulators import Emulators, free_port
 from parascribe.storage import GcsStore
+from tests.speech import speak
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -48,16 +48,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def espeak(path: Path, text: str) -> tuple[np.ndarray, int]:
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(path), text], check=True, capture_output=True)
-    samples, sr = sf.read(str(path), dtype="float32")
+    samples, sr = sf.read(str(speak(text, path, rate=150)), dtype="float32")
     return samples, int(sr)
 
 
 @pytest.fixture(scope="module")
 def speech(spoken_dir: Path) -> tuple[bytes, float, float]:
     """WAV: LEAD_S silence, FIRST, GAP_S silence, SECOND. Returns (bytes, where SECOND starts, duration)."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no test speech")
     a, sr = espeak(spoken_dir / "asr-first.wav", FIRST)
     b, _ = espeak(spoken_dir / "asr-second.wav", SECOND)
     lead, gap = np.zeros(int(LEAD_S * sr), np.float32), np.zeros(int(GAP_S * sr), np.float32)

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
-import logging
-import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,13 +36,14 @@ from parascribe.deepgram_worker import build_worker, create_app
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.storage import GcsStore
+from tests.service_entry import load_service_main
+from tests.speech import speak
 
 pytestmark = pytest.mark.integration
 
 KEY = "integration-key"
 SENTENCE = "the children played football in the park after school"
 LEAD_S = 2.0
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +56,7 @@ def dg_server() -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def speech(spoken_dir: Path) -> bytes:
     """WAV with :data:`LEAD_S` of silence before the spoken :data:`SENTENCE`."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed: no test speech")
-    raw = spoken_dir / "dg-children.wav"
-    subprocess.run(["espeak-ng", "-s", "140", "-w", str(raw), SENTENCE], check=True, capture_output=True)
+    raw = speak(SENTENCE, spoken_dir / "dg-children.wav", rate=140)
     samples, sr = sf.read(str(raw), dtype="float32")
     buf = io.BytesIO()
     sf.write(buf, np.concatenate([np.zeros(int(LEAD_S * sr), dtype=np.float32), samples]), sr, format="WAV")
@@ -172,22 +165,8 @@ def test_service_entry_point_serves_the_push_route(
     monkeypatch.setenv("BUCKET_PREFIX", settings.bucket_prefix)
     monkeypatch.setenv("DEEPGRAM_BASE_URL", settings.deepgram_base_url or "")
     monkeypatch.setenv("DEEPGRAM_API_KEY", KEY)
-    from parascribe.config import get_settings
-
-    get_settings.cache_clear()
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level  # main.py configures logging
-    try:
-        spec = importlib.util.spec_from_file_location("deepgram_worker_main", ROOT / "services/deepgram_worker/main.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        get_settings.cache_clear()
-        sys.modules.pop("deepgram_worker_main", None)
-    client = module.app.test_client()
+    with load_service_main("deepgram_worker") as module:
+        client = module.app.test_client()
     assert client.get("/healthz").status_code == 200
     source = upload(store, settings, "entry.wav", speech)
     assert push(client, task(source, duration_of(speech), whole_file=True)) == 204

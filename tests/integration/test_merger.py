@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import logging
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,11 +27,11 @@ from parascribe.metrics import MetricsExporter, summarise_local
 from parascribe.pushapp import PushMessage, create_app
 from parascribe.storage import GcsStore
 from parascribe.webhook import WebhookNotifier, verify
+from tests.service_entry import load_service_main
 from tests.unit.test_merger import SECRET, Job, RecordingExporter, task_for
 from tests.unit.test_webhook import Receiver
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -213,24 +209,8 @@ def test_service_entry_point(settings: Settings, store: GcsStore, receiver: Rece
                        "CONVEX_WEBHOOK_URL": receiver.url, "CONVEX_WEBHOOK_SECRET": SECRET,
                        "METRICS_EXPORTER": "local", "METRICS_LOCAL_PATH": settings.metrics_local_path}.items():
         monkeypatch.setenv(key, value)
-    from parascribe.config import get_settings
-
-    get_settings.cache_clear()
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level  # main.py configures logging
-    saved_sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        spec = importlib.util.spec_from_file_location("merger_main", ROOT / "services/merger/main.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
-        get_settings.cache_clear()
-        sys.modules.pop("merger_main", None)
-        signal.signal(signal.SIGTERM, saved_sigterm)
-    client = module.app.test_client()
+    with load_service_main("merger") as module:
+        client = module.app.test_client()
     assert client.get("/healthz").status_code == 200
     jobs = JobStore(store, settings.state_bucket)
     job = Job(jobs, n_chunks=1, name="entry.wav")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import jiwer
@@ -24,18 +21,10 @@ from parascribe.config import Settings, load_settings
 from parascribe.engines.deepgram import DeepgramTranscriber, auth_errors, build_client, classify, normalise
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
+from tests.speech import speak
 
 KEY = "test-key-0123456789"
 SENTENCE = "please send the quarterly report to the finance team before friday afternoon"
-
-
-def speak(folder: Path, text: str, name: str) -> Path:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed: no test speech")
-    path = folder / name
-    if not path.exists():
-        subprocess.run(["espeak-ng", "-s", "140", "-w", str(path), text], check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +42,7 @@ def no_faults(server: RunningServer) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    return speak(tmp_path_factory.mktemp("dg-speech"), SENTENCE, "report.wav").read_bytes()
+    return speak(SENTENCE, tmp_path_factory.mktemp("dg-speech") / "report.wav", rate=140).read_bytes()
 
 
 def settings_for(server: RunningServer, **overrides: object) -> Settings:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from parascribe.errors import TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.pushapp import PushMessage
 from tests.fakes import MemoryStore, RecordingPublisher
+from tests.speech import speak
 
 KEY = "worker-test-key"
 SENTENCE = "open the door and turn on the light in the kitchen"
@@ -56,10 +55,7 @@ def no_faults(server: RunningServer) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def padded_speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """WAV: :data:`LEAD_SILENCE_S` of silence, then the spoken :data:`SENTENCE`."""
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed: no test speech")
-    path = tmp_path_factory.mktemp("dg-worker") / "speech.wav"
-    subprocess.run(["espeak-ng", "-s", "140", "-w", str(path), SENTENCE], check=True, capture_output=True)
+    path = speak(SENTENCE, tmp_path_factory.mktemp("dg-worker") / "speech.wav", rate=140)
     samples, sr = sf.read(str(path), dtype="float32")
     padded = np.concatenate([np.zeros(int(LEAD_SILENCE_S * sr), dtype=np.float32), samples])
     buf = io.BytesIO()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from parascribe.decode import decode_file
 from parascribe.engines.base import SAMPLE_RATE, AsrEngine, AudioChunk
 from parascribe.errors import EngineUnavailableError
+from tests.speech import speak
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank"
 
@@ -38,11 +37,7 @@ def engine() -> Iterator[AsrEngine]:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng): no test speech")
-    wav = tmp_path_factory.mktemp("speech") / "s.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(wav), SENTENCE], check=True)
-    return decode_file(wav)
+    return decode_file(speak(SENTENCE, tmp_path_factory.mktemp("speech") / "s.wav", rate=150))
 
 
 def test_transcribes_real_words(engine: AsrEngine, speech: np.ndarray) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import io
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from parascribe.contracts import SourceRef
 from parascribe.errors import AudioTooLongError, BadAudioError, TransientError
 from parascribe.probe import BLOCK_SIZE, RangeFile, probe
 from tests.fakes import MemoryStore
+from tests.speech import speak
 
 BUCKET = "uploads"
 HOUR = 3600.0
@@ -135,10 +134,7 @@ def test_recording_without_a_duration_in_its_header_is_measured() -> None:
 
 
 def test_probe_reads_speech_from_espeak(tmp_path: Path) -> None:
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    wav = tmp_path / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "the quick brown fox jumps over the lazy dog"], check=True)
+    wav = speak("the quick brown fox jumps over the lazy dog", tmp_path / "speech.wav", rate=175)
     expected = sf.info(str(wav))
     info = probe_bytes("speech.wav", wav.read_bytes())
     assert info.duration_s == pytest.approx(expected.frames / expected.samplerate)

@@ -1,0 +1,28 @@
+"""Test speech from espeak-ng, shared by every test that needs real spoken words."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def speak(text: str, path: Path, rate: int = 150) -> Path:
+    """Speak ``text`` with espeak-ng into the WAV file ``path``.
+
+    Skips the calling test when espeak-ng is not installed.
+
+    Args:
+        text: What to say.
+        path: Where to write the WAV file.
+        rate: Speaking rate in words per minute (espeak-ng's own default is 175).
+
+    Returns:
+        ``path``, now holding the speech.
+    """
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it): no test speech")
+    subprocess.run(["espeak-ng", "-s", str(rate), "-w", str(path), text], check=True, capture_output=True)
+    return path
