@@ -12,6 +12,7 @@ be used at all, goes to Deepgram (``ENABLE_FALLBACK``) or becomes an error resul
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -204,7 +205,7 @@ class BatchProcessor:
 
     def _decode_one(self, task: ChunkTask) -> AudioChunk:
         with self._cache.hold(task.source) as path:
-            samples = decode_file(path, task.chunk.start_s, task.chunk.end_s)
+            samples = decode_file(path, task.chunk.start_s, task.decode_end_s)
         return AudioChunk(key=f"{task.job_id}/{task.chunk.index}", samples=samples, offset_s=task.chunk.start_s)
 
     def _transcribe(self, items: list[_Work]) -> None:
@@ -247,7 +248,7 @@ class BatchProcessor:
                 n_chunks=task.n_chunks,
                 engine=self._engine_name,
                 path=task.path,
-                words=_within_span(w.output.words, task.chunk.start_s, task.chunk.end_s),
+                words=_within_span(w.output.words, task.chunk.start_s, task.decode_end_s or math.inf),
                 audio_seconds=_duration(w),
                 processing_seconds=processing_s,
                 fallback_reason=task.fallback_reason,

@@ -171,6 +171,15 @@ class ChunkTask(Contract):
     fallback_from: Path | None = None
     submitted_at: datetime = Field(default_factory=utcnow)
 
+    @property
+    def decode_end_s(self) -> float | None:
+        """Where decoding stops; None (the end of the stream) for the last chunk.
+
+        A header's duration can be an estimate (a VBR mp3 without a Xing header),
+        so the last chunk reads to the real end rather than cut off the tail.
+        """
+        return None if self.chunk.index == self.n_chunks - 1 else self.chunk.end_s
+
 
 class Word(Contract):
     """One word in file time. ``text`` is the punctuated display form."""

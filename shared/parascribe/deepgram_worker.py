@@ -229,7 +229,7 @@ class DeepgramWorker:
     def _cut(self, task: ChunkTask) -> bytes:
         path = self._cache.path(task.source)
         try:
-            samples = decode_file(path, task.chunk.start_s, task.chunk.end_s)
+            samples = decode_file(path, task.chunk.start_s, task.decode_end_s)
         except ValueError as err:
             raise PermanentError(f"chunk {task.chunk.index} has an invalid span: {err}") from None
         if samples.size == 0:

@@ -224,6 +224,21 @@ def test_words_outside_the_decode_span_are_dropped_or_clamped(make_worker: Any, 
     assert res.words[-1].end == task.chunk.end_s
 
 
+def test_last_chunk_reads_to_the_real_end_when_the_header_underestimated(
+    make_worker: Any, store: FlakyStore
+) -> None:
+    source = upload(store, "vbr.wav", wav_bytes(seconds=7.0))
+    pub = RecordingPublisher()
+    worker = make_worker(FakeEngine(), pub)
+    # Planned from a header that claimed 6 s; the stream really holds 7 s.
+    first, last = tasks_for(source, 3)[1:]
+    worker.process_batch(inbound([first, last]))
+    by_index = {r.chunk_index: r for r in results(pub)}
+    assert by_index[2].audio_seconds == pytest.approx(7.0 - last.chunk.start_s, abs=0.01)
+    assert max(w.end for w in by_index[2].words) > last.chunk.end_s
+    assert by_index[1].audio_seconds == pytest.approx(first.chunk.duration_s, abs=0.01)
+
+
 def test_oom_halves_the_batch_until_it_fits(make_worker: Any, source: SourceRef) -> None:
     engine, pub = FakeEngine(oom_above=1), RecordingPublisher()
     worker = make_worker(engine, pub)

@@ -40,6 +40,9 @@ def test_chunk_task_round_trips_and_carries_its_version() -> None:
     back = decode(ChunkTask, raw)
     assert back == task
     assert back.chunk.duration_s == 19
+    assert back.decode_end_s == 32
+    last = task.model_copy(update={"chunk": task.chunk.model_copy(update={"index": 3})})
+    assert last.decode_end_s is None, "the last chunk decodes to the end of the stream"
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
