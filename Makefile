@@ -31,7 +31,15 @@ $(STAMP): shared/pyproject.toml constraints.txt
 
 setup: system-deps $(STAMP)  ## create the virtualenv with everything the stack and tests need
 
-test: setup  ## unit, integration (real emulators), NeMo and end-to-end tests, then lint and types
+CONVEX_STAMP := examples/convex/node_modules/.installed
+$(CONVEX_STAMP): examples/convex/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  (cd examples/convex && npm ci --no-audit --no-fund --silent) && touch $(CONVEX_STAMP); \
+	else echo "npm not found: the Convex signature test will be skipped" >&2; fi
+
+convex-deps: $(CONVEX_STAMP)  ## the Convex example's packages, so its verifier runs in the tests
+
+test: setup convex-deps  ## unit, integration (real emulators), NeMo and end-to-end tests, then lint and types
 	$(PY) -m pytest -q tests
 	$(VENV)/bin/ruff check shared services tests bench
 	$(VENV)/bin/mypy
@@ -73,4 +81,4 @@ infra-check:  ## terraform formatting (validate/plan need the provider and crede
 clean: down  ## remove local state (keeps the virtualenv)
 	rm -rf .parascribe .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps setup test test-unit up down demo bench-quick bench clean infra-names router-zip infra-check
+.PHONY: help system-deps setup convex-deps test test-unit up down demo bench-quick bench clean infra-names router-zip infra-check
