@@ -110,6 +110,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(json.dumps(record))
         else:
             print(f"{sub.file}: {record['status']}" + (f" ({record['reason']})" if record["reason"] else ""))
+            if status is not None:
+                engines = ", ".join(status.engines) or "-"
+                print(f"  job {status.job_id}: {status.chunks_total} chunk(s), engines: {engines}")
             for fmt, uri in sorted(dict(record["outputs"]).items()):  # type: ignore[call-overload]
                 print(f"  {fmt:<13} {uri}")
             if text:

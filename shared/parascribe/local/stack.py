@@ -189,6 +189,8 @@ def _start_parts(state: StackState, emu: Emulators, root: Path, logs: Path, time
     if not env.get("CONVEX_WEBHOOK_URL"):
         port = state.ports["webhook_receiver"] = free_port()
         state.webhook_secret = secrets.token_urlsafe(32)
+        # Deliveries are checked against this stack's secret, so the log starts afresh with it.
+        (Path(state.home) / "webhooks.jsonl").unlink(missing_ok=True)
         proc = _spawn(
             [_python(), "-m", "parascribe.cli", "webhook-receiver", "--host", LOOPBACK, "--port", str(port),
              "--log", str(Path(state.home) / "webhooks.jsonl")],
