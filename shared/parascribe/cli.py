@@ -85,7 +85,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
             print(json.dumps({"file": str(sub.file), "job_id": sub.job_id, "source": sub.uri}) if args.json
                   else f"{sub.job_id}  {sub.uri}")
         return 0
-    bars = {s.job_id: tqdm(total=0, desc=s.file.name, unit="chunk", disable=None, file=sys.stderr) for s in subs}
+    # Chunks finish in bursts, so a rate would mislead: show done/total, elapsed time and the state.
+    fmt = "{desc}: {n_fmt}/{total_fmt} chunks |{bar}| {elapsed} {postfix}"
+    bars = {s.job_id: tqdm(total=None, desc=s.file.name, bar_format=fmt, disable=None, file=sys.stderr) for s in subs}
 
     def progress(job_id: str, status: object) -> None:
         from parascribe.contracts import JobStatus
