@@ -89,13 +89,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(home=home, env=env)
     proc = s.cli("up", "--detach", timeout=400)
     assert proc.returncode == 0, f"parascribe up failed: {proc.stderr[-4000:]}"
+    pids = json.loads((home / "stack.json").read_text())["pids"]
     try:
         yield s
     finally:
         down = s.cli("down", timeout=120)
         assert down.returncode == 0, down.stderr
-        leftover = stack_mod.running_state(home)
-        assert leftover is None
+        assert stack_mod.running_state(home) is None
+        alive = {part: pid for part, pid in pids.items() if _group_alive(pid)}
+        assert not alive, f"`parascribe down` left processes behind: {alive}"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
