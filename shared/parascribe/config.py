@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     gpu_batch_linger_ms: int = Field(200, ge=0, le=10_000)
     long_audio_threshold_seconds: float = Field(900.0, gt=0)
     parakeet_cpu_fallback: bool = False
+    parakeet_cpu_int8: bool = False
     offline_model_path: str | None = None
     source_cache_mb: float = Field(default=2048.0, gt=0)
     port: int = Field(default=8080, ge=0, le=65535)

@@ -334,3 +334,108 @@ def test_memory_stays_flat_over_many_batches(engine: ParakeetEngine) -> None:
     gc.collect()
     grown = _rss_mb() - before
     assert grown < 20.0, f"RSS grew {grown:.1f} MB over 100 batches"
+
+
+# --- int8 on a CPU without bf16 (PARAKEET_CPU_INT8) ---
+
+
+def _quantized(model: Any) -> tuple[int, list[str]]:
+    """How many int8 layers ``model`` has, and the names of the Linear/LSTM layers still in float."""
+    import torch.ao.nn.quantized.dynamic as qd
+
+    from parascribe.engines.parakeet_runner import float_layers
+
+    return sum(isinstance(m, (qd.Linear, qd.LSTM)) for m in model.modules()), float_layers(model)
+
+
+def _attention_int8(model: Any) -> list[Any]:
+    """The int8 weights of every attention projection, in a fixed order."""
+    return [m.weight().int_repr().clone() for layer in model.encoder.layers for _, m in
+            sorted(layer.self_attn.named_children()) if hasattr(m, "weight") and callable(m.weight)]
+
+
+@pytest.mark.nemo
+def test_int8_engine_transcribes_a_batch_with_every_linear_and_lstm_quantized(tiny_nemo: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # precision="fp32" so a CPU with native bf16 (where auto picks bf16) tests the same path.
+        engine = ParakeetEngine.from_settings(
+            load_settings(parakeet_model_name=str(tiny_nemo), asr_device="cpu", long_audio_threshold_seconds=LONG_S,
+                          parakeet_cpu_int8=True), precision="fp32")
+    assert not [w for w in caught if "quantiz" in str(w.message)], "the known deprecation warnings are silenced"
+    assert engine.precision == "int8"
+    n_int8, still_float = _quantized(engine.model)
+    assert still_float == [] and n_int8 > 0
+    assert type(engine.model.decoder.prediction["dec_rnn"].lstm).__name__ == "LSTM"
+    assert engine.model.decoder.prediction["dec_rnn"].lstm.__module__.startswith("torch.ao.nn.quantized.dynamic")
+
+    batch = [_chunk("a", 1.5, 0.0, 1), _chunk("long", 3.0, 600.0, 2), _chunk("c", 2.2, 1200.0, 4),
+             _chunk("empty", 0.0, 1800.0, 5)]
+    out = engine.transcribe(batch)
+    assert len(out) == len(batch)
+    for o, c in zip(out, batch, strict=True):
+        _assert_in_file_time(o, c)
+    assert out[-1].words == [] and out[-1].text == ""
+    assert sum(len(o.words) for o in out) >= 3
+    assert all(o.text == " ".join(w.text for w in o.words) for o in out)
+    assert not any(m.training for m in engine.model.modules())
+    engine.close()
+
+
+@pytest.mark.nemo
+def test_int8_attention_switch_keeps_the_int8_weights(tiny_nemo: Path) -> None:
+    from nemo.collections.asr.models import ASRModel
+
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu", int8=True,
+                            long_audio_threshold_s=LONG_S)
+    weights = _attention_int8(engine.model)
+    assert len(weights) == 2 * 5, "q, k, v, out and pos projections in each of the 2 layers"
+    short = [_chunk("s", 2.0, 0.0, 11)]
+    first = engine.transcribe(short)
+
+    long = engine.transcribe([_chunk("l", 3.5, 0.0, 12)])[0]
+    assert engine.attention == "local"
+    assert type(engine.model.encoder.layers[0].self_attn).__name__ == "RelPositionMultiHeadAttentionLongformer"
+    assert _quantized(engine.model)[1] == [], "the new attention blocks are int8 too"
+    # NeMo moves weights into the new blocks by state dict, which skips int8 layers: they must be carried over.
+    assert all((a == b).all() for a, b in zip(_attention_int8(engine.model), weights, strict=True))
+    assert long.words
+
+    again = engine.transcribe(short)
+    assert engine.attention == "full"
+    assert _quantized(engine.model)[1] == []
+    assert all((a == b).all() for a, b in zip(_attention_int8(engine.model), weights, strict=True))
+    assert _words(again[0]) == _words(first[0]), "switching attention back must restore the same model"
+    engine.close()
+
+
+@pytest.mark.nemo
+def test_int8_cpu_fallback_copy_is_quantized_and_local(tiny_nemo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nemo.collections.asr.models import ASRModel
+
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
+                            long_audio_threshold_s=900.0, int8=True, cpu_int8=True,
+                            cpu_fallback=lambda: ASRModel.restore_from(str(tiny_nemo), map_location="cpu"))
+    chunk = _chunk("c", 3.0, 50.0, 41)
+    _inject_oom(engine, monkeypatch, lambda lengths, mode: True)
+    out = engine.transcribe([chunk])[0]
+    assert engine.recoveries["cpu_fallback"] == 1
+    copy = engine._cpu
+    assert copy is not None and copy.precision == "int8" and copy.local
+    n_int8, still_float = _quantized(copy.model)
+    assert still_float == [] and n_int8 > 0
+    _assert_in_file_time(out, chunk)
+    assert out.words
+    engine.close()
+
+
+def test_int8_is_refused_with_bf16_or_off_the_cpu() -> None:
+    torch = pytest.importorskip("torch")
+    from parascribe.engines.parakeet_runner import Runner
+
+    with pytest.raises(ValueError, match="int8"):
+        Runner(object(), torch.device("cpu"), bf16=True, int8=True)
+    with pytest.raises(ValueError, match="int8"):
+        Runner(object(), torch.device("cuda"), bf16=False, int8=True)

@@ -8,6 +8,10 @@ chunk that does not fit is retried with local attention, then split in halves
 (recursively), then, with ``PARAKEET_CPU_FALLBACK``, run on a CPU copy of the
 model, before it fails with :class:`~parascribe.errors.EngineError`.
 
+On a CPU without native bf16 the model runs in fp32, or with ``PARAKEET_CPU_INT8``
+with its Linear and LSTM weights dynamically quantized to int8 (faster, slightly
+less exact).
+
 This module imports torch and NeMo only when an engine is built, so engine
 selection can call :func:`weights_available` anywhere.
 """
@@ -88,6 +92,8 @@ class ParakeetEngine:
         long_audio_threshold_s: float = 900.0,
         cpu_fallback: Callable[[], Any] | None = None,
         cpu_bf16: bool = False,
+        int8: bool = False,
+        cpu_int8: bool = False,
     ) -> None:
         """Wrap a loaded NeMo ASR model. Prefer :meth:`from_settings`.
 
@@ -99,16 +105,23 @@ class ParakeetEngine:
             cpu_fallback: loads a CPU copy of the model; called once, the first time a chunk
                 still fails after every GPU recovery step. None disables that step.
             cpu_bf16: run the CPU copy in bf16.
+            int8: quantize the model's Linear and LSTM weights to int8, in place; only on a
+                CPU and not with ``bf16``.
+            cpu_int8: the same for the CPU copy; not with ``cpu_bf16``.
+
+        Raises:
+            ValueError: int8 with bf16, or int8 for a model that is not on the CPU.
         """
         import torch
 
         from parascribe.engines.parakeet_runner import Runner
 
         self._device = torch.device(device)
-        self._primary: Runner | None = Runner(model, self._device, bf16)
+        self._primary: Runner | None = Runner(model, self._device, bf16, int8)
         self._long_samples = int(long_audio_threshold_s * SAMPLE_RATE)
         self._cpu_loader = cpu_fallback
         self._cpu_bf16 = cpu_bf16
+        self._cpu_int8 = cpu_int8
         self._cpu: Runner | None = None
         self.recoveries: Counter[str] = Counter()
 
@@ -117,11 +130,13 @@ class ParakeetEngine:
         """Load Parakeet as configured and warm it up.
 
         Reads ``PARAKEET_MODEL_NAME`` (a Hugging Face name or a local ``.nemo``), ``ASR_DEVICE``,
-        ``GPU_MEMORY_LIMIT_GB``, ``LONG_AUDIO_THRESHOLD_SECONDS`` and ``PARAKEET_CPU_FALLBACK``.
+        ``GPU_MEMORY_LIMIT_GB``, ``LONG_AUDIO_THRESHOLD_SECONDS``, ``PARAKEET_CPU_FALLBACK`` and
+        ``PARAKEET_CPU_INT8``.
 
         Args:
             settings: the process settings.
             precision: ``auto`` is bf16 on a GPU and on CPUs with native bf16, else fp32.
+                ``PARAKEET_CPU_INT8`` turns a CPU model that would run in fp32 into int8.
 
         Raises:
             EngineUnavailableError: NeMo or torch is missing, there is no GPU where one was
@@ -140,21 +155,29 @@ class ParakeetEngine:
         if settings.parakeet_cpu_fallback and device.type != "cpu":
             fallback = lambda: source.load(cpu)  # noqa: E731
         bf16 = choose_bf16(device, precision)
+        cpu_bf16 = choose_bf16(cpu, precision)
+        int8 = settings.parakeet_cpu_int8 and device.type == "cpu" and not bf16
         try:
             engine = cls(model, device, bf16=bf16, long_audio_threshold_s=settings.long_audio_threshold_seconds,
-                         cpu_fallback=fallback, cpu_bf16=choose_bf16(cpu, precision))
+                         cpu_fallback=fallback, cpu_bf16=cpu_bf16, int8=int8,
+                         cpu_int8=settings.parakeet_cpu_int8 and not cpu_bf16)
             engine.warm_up()
         except Exception as err:
             raise EngineUnavailableError(
                 f"Parakeet from {source.name} does not run: {type(err).__name__}: {err}"
             ) from err
-        log.info("parakeet loaded from %s on %s (%s)", source.name, device, "bf16" if bf16 else "fp32")
+        log.info("parakeet loaded from %s on %s (%s)", source.name, device, engine.precision)
         return engine
 
     @property
     def attention(self) -> str:
         """``full`` or ``local``: the attention mode the model is in now."""
         return "local" if self._runner().local else "full"
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``int8``: how the primary model computes."""
+        return self._runner().precision
 
     @property
     def model(self) -> Any:
@@ -296,7 +319,8 @@ class ParakeetEngine:
 
         if self._cpu is None:
             assert self._cpu_loader is not None
-            self._cpu = Runner(self._cpu_loader(), torch.device("cpu"), self._cpu_bf16)
+            self._cpu = Runner(self._cpu_loader(), torch.device("cpu"), self._cpu_bf16, self._cpu_int8)
+            log.info("parakeet CPU copy loaded (%s)", self._cpu.precision)
         return self._cpu
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,16 @@ log = logging.getLogger(__name__)
 
 LOCAL_ATTENTION = "rel_pos_local_attn"
 LOCAL_ATTENTION_CONTEXT = [128, 128]
+
+INT8_LAYERS: set[type[torch.nn.Module]] = {torch.nn.Linear, torch.nn.LSTM}
+"""What int8 quantizes: the encoder's, decoder's and joint's matmuls (convolutions stay fp32)."""
+
+# torch 2.13 deprecates eager-mode quantization in favour of torchao's quantize_ API; these are the
+# warnings quantize_dynamic emits until that migration (torchao: Int8DynamicActivationInt8WeightConfig).
+_QUANTIZE_WARNINGS: list[tuple[type[Warning], str]] = [
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation"),
+]
 
 RawWord = tuple[str, float, float]
 """(text, start, end), seconds from the start of the audio the model saw."""
@@ -43,6 +54,61 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
+def quantize_int8(model: torch.nn.Module) -> None:
+    """Dynamically quantize the float Linear and LSTM layers of ``model`` to int8, in place.
+
+    Weights become int8 once; activations are quantized per call. Layers already
+    quantized are left as they are. In place because NeMo models cannot be deep-copied.
+    """
+    with warnings.catch_warnings():
+        for category, message in _QUANTIZE_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        torch.ao.quantization.quantize_dynamic(model, INT8_LAYERS, dtype=torch.qint8, inplace=True)
+
+
+def float_layers(model: torch.nn.Module) -> list[str]:
+    """Names of the Linear and LSTM layers of ``model`` that still compute in floating point."""
+    return [name for name, m in model.named_modules() if type(m) in INT8_LAYERS]
+
+
+def _is_quantized(module: torch.nn.Module) -> bool:
+    import torch.ao.nn.quantized.dynamic as qd
+
+    return isinstance(module, (qd.Linear, qd.LSTM))
+
+
+AttentionLayers = dict[str, dict[str, torch.nn.Module]]
+"""Per Conformer layer (by name), its attention block's quantized layers (by name)."""
+
+
+def _quantized_attention(encoder: torch.nn.Module) -> AttentionLayers:
+    kept: AttentionLayers = {}
+    for name, layer in encoder.named_modules():
+        attn = getattr(layer, "self_attn", None)
+        if isinstance(attn, torch.nn.Module):
+            kept[name] = {child: m for child, m in attn.named_children() if _is_quantized(m)}
+    return kept
+
+
+def _carry_over(encoder: torch.nn.Module, kept: AttentionLayers) -> None:
+    """Move the old attention blocks' quantized layers into the new blocks ``change_attention_model`` built.
+
+    NeMo copies the weights into the new blocks with ``load_state_dict(strict=False)``.
+    A quantized layer's state-dict keys differ from a float one's, so without this the
+    new blocks would silently keep their random initial weights.
+    """
+    for name, layer in encoder.named_modules():
+        attn = getattr(layer, "self_attn", None)
+        for child, quantized in kept.get(name, {}).items():
+            fresh = getattr(attn, child, None)
+            same_shape = isinstance(fresh, torch.nn.Linear) and (fresh.in_features, fresh.out_features) == (
+                getattr(quantized, "in_features", None), getattr(quantized, "out_features", None))
+            if not same_shape:
+                raise RuntimeError(f"cannot carry the int8 weights of {name}.self_attn.{child} into the new "
+                                   f"attention block ({type(fresh).__name__})")
+            setattr(attn, child, quantized)
+
+
 def _transcribe_config(batch_size: int) -> Any:
     from nemo.collections.asr.parts.mixins.transcription import TranscribeConfig
 
@@ -61,14 +127,33 @@ def _result_of(hyp: Any) -> Result:
 
 
 class Runner:
-    """One model on one device: its precision, decoding set-up and attention mode."""
+    """One model on one device: its precision, decoding set-up and attention mode.
 
-    def __init__(self, model: Any, device: torch.device, bf16: bool) -> None:
+    Attributes:
+        precision: ``fp32``, ``bf16`` or ``int8`` (int8 Linear and LSTM weights, the rest fp32).
+    """
+
+    def __init__(self, model: Any, device: torch.device, bf16: bool, int8: bool = False) -> None:
+        """Set ``model`` up for inference on ``device``.
+
+        Args:
+            model: a NeMo ``EncDecRNNTBPEModel`` already on ``device``.
+            device: where it runs.
+            bf16: cast the model to bf16 (and autocast on a CPU).
+            int8: quantize its Linear and LSTM weights to int8, in place (a CPU without bf16 only).
+
+        Raises:
+            ValueError: int8 was asked for with bf16 or off the CPU.
+        """
         from omegaconf import open_dict
 
+        if int8 and (bf16 or device.type != "cpu"):
+            raise ValueError(f"int8 runs on a CPU in place of fp32, not with bf16={bf16} on {device}")
         self.model = model
         self.device = device
         self.bf16 = bf16
+        self.int8 = int8
+        self.precision = "bf16" if bf16 else "int8" if int8 else "fp32"
         encoder = model.cfg.encoder
         self._full = (str(encoder.get("self_attention_model", "rel_pos")),
                       list(encoder.get("att_context_size", [-1, -1])))
@@ -88,20 +173,27 @@ class Runner:
         # On a CPU, autocast also covers the fp32 ops that remain; on a GPU the cast is
         # enough, and NeMo's CUDA-graph decoder runs as the leaderboard runs it.
         self.autocast = bf16 and device.type == "cpu"
+        if int8:
+            quantize_int8(model)
         model.eval()
 
     def set_local(self, local: bool) -> None:
         """Switch to local attention (long audio) or back to the model's own full attention."""
         if local == self.local:
             return
+        kept = _quantized_attention(self.model.encoder) if self.int8 else {}
         if local:
             self.model.change_attention_model(LOCAL_ATTENTION, LOCAL_ATTENTION_CONTEXT)
             self.model.change_subsampling_conv_chunking_factor(1)
         else:
             self.model.change_attention_model(self._full[0], self._full[1])
             self.model.change_subsampling_conv_chunking_factor(self._chunking)
+        # The new attention layers are built in fp32.
         if self.bf16:
-            self.model.to(torch.bfloat16)  # the new attention layers are built in fp32
+            self.model.to(torch.bfloat16)
+        if self.int8:
+            _carry_over(self.model.encoder, kept)
+            quantize_int8(self.model)  # any float layer the switch added
         self.model.eval()
         self.local = local
         log.info("parakeet attention is now %s", "local [128,128]" if local else "full")
