@@ -1,7 +1,7 @@
 """Parakeet throughput: NeMo used naively against the engine as the worker runs it, in one run.
 
 Run: ``.venv/bin/python bench/asr_throughput.py [--quick] [--device auto|cpu|cuda] [--batch-size N]
-[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16]``. Prints one JSON object on stdout.
+[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16] [--no-int8]``. Prints one JSON object on stdout.
 
 The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024, TDT decoder,
 1024-piece tokenizer) built from its config with random weights, so nothing is downloaded.
@@ -10,7 +10,11 @@ The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024
   the pipeline needs them);
 - optimized: :class:`parascribe.engines.parakeet.ParakeetEngine` on batches of ``--batch-size``
   chunks: length-sorted, inference mode, bf16 on a GPU and on CPUs with native bf16 (fp32 otherwise),
-  timestamps configured once.
+  timestamps configured once;
+- optimized_int8 (CPU, where the optimized mode runs fp32): the same engine with its Linear and LSTM
+  weights dynamically quantized to int8, as the worker runs with ``PARAKEET_CPU_INT8=true``. Quantization
+  is in place, so this mode runs last. Its accuracy proxy compares the encoder output of the first
+  batch with the fp32 model's (cosine similarity and relative L2 error over the valid frames).
 
 Random weights emit about one token per encoder frame, several times more than real speech, which
 inflates decoding time; so the encoder's own RTFx (preprocessor + encoder, no decoding) is reported
@@ -94,22 +98,35 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def encode(model: Any, audio: Sequence[np.ndarray], device: torch.device, bf16: bool) -> None:
-    """Preprocessor + encoder on one padded batch, as ``transcribe`` runs them, without decoding."""
+def encode(model: Any, audio: Sequence[np.ndarray], device: torch.device, bf16: bool) -> list[torch.Tensor]:
+    """Preprocessor + encoder on one padded batch, as ``transcribe`` runs them, without decoding.
+
+    Returns:
+        Each item's encoder output, (features, frames), padding frames dropped.
+    """
     lengths = torch.tensor([len(a) for a in audio], device=device)
     signal = torch.zeros(len(audio), int(lengths.max()), device=device)
     for i, a in enumerate(audio):
         signal[i, : len(a)] = torch.from_numpy(a)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                 enabled=bf16 and device.type == "cpu"):
-        model.forward(input_signal=signal, input_signal_length=lengths)
+        encoded, encoded_len = model.forward(input_signal=signal, input_signal_length=lengths)
+    return [encoded[i, :, : int(n)] for i, n in enumerate(encoded_len)]
+
+
+def closeness(test: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """Cosine similarity and relative L2 error of ``test`` against ``reference``, all items together."""
+    a = torch.cat([t.flatten() for t in test]).double()
+    b = torch.cat([t.flatten() for t in reference]).double()
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+    return cosine, ((a - b).norm() / b.norm()).item()
 
 
 def batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i: i + size] for i in range(0, len(items), size)]
 
 
-def each(fn: Callable[[Any], None], items: Sequence[Any]) -> Callable[[], None]:
+def each(fn: Callable[[Any], object], items: Sequence[Any]) -> Callable[[], None]:
     """A thunk that calls ``fn`` on every item, for :func:`timed`."""
 
     def go() -> None:
@@ -117,6 +134,35 @@ def each(fn: Callable[[Any], None], items: Sequence[Any]) -> Callable[[], None]:
             fn(item)
 
     return go
+
+
+class Optimized:
+    """One engine mode timed end to end, then its encoder alone; the first batch's encoder output kept."""
+
+    def __init__(self, engine: ParakeetEngine, chunks: Sequence[AudioChunk], batch_size: int,
+                 memory: PeakMemory, warm: np.ndarray, bf16: bool) -> None:
+        device = engine.device
+        engine.warm_up()
+        memory.reset()
+        self.words = 0
+
+        def transcribe() -> None:
+            for batch in batches(chunks, batch_size):
+                self.words += sum(len(out.words) for out in engine.transcribe(batch))
+
+        self.seconds = timed(device, transcribe)
+        self.peak_mb = memory.peak_mb()
+        audio = [c.samples for c in chunks]
+        encode(engine.model, [warm], device, bf16)
+        self.first: list[torch.Tensor] = []
+
+        def encode_all() -> None:
+            for batch in batches(audio, batch_size):
+                out = encode(engine.model, list(batch), device, bf16)
+                if not self.first:
+                    self.first = out
+
+        self.encoder_seconds = timed(device, encode_all)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,23 +199,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- optimized: the engine, as the worker runs it ---
     bf16 = choose_bf16(device, args.precision)
-    engine = ParakeetEngine(model, device, bf16=bf16)
-    engine.warm_up()
     chunks = [AudioChunk(key=str(i), samples=a, offset_s=i * chunk_s) for i, a in enumerate(audio)]
-    memory.reset()
-    words = 0
+    opt = Optimized(ParakeetEngine(model, device, bf16=bf16), chunks, batch_size, memory, warm, bf16)
+    opt_s, opt_enc_s = opt.seconds, opt.encoder_seconds
 
-    def optimized() -> None:
-        nonlocal words
-        for batch in batches(chunks, batch_size):
-            words += sum(len(out.words) for out in engine.transcribe(batch))
-
-    opt_s = timed(device, optimized)
-    opt_mem = memory.peak_mb()
-    encode(engine.model, [warm], device, bf16)
-    opt_enc_s = timed(device, each(lambda b: encode(engine.model, list(b), device, bf16), batches(audio, batch_size)))
-
-    return {
+    result = {
         "benchmark": "asr_throughput",
         "model": "parakeet-tdt-0.6b-v2 architecture, random weights",
         "parameters": n_params,
@@ -196,10 +230,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "encoder_speedup": round(naive_enc_s / opt_enc_s, 2),
         "memory_kind": memory.kind,
         "peak_memory_naive_mb": round(naive_mem, 1),
-        "peak_memory_optimized_mb": round(opt_mem, 1),
-        "words_per_audio_minute_optimized": round(words / (audio_s / 60), 1),
+        "peak_memory_optimized_mb": round(opt.peak_mb, 1),
+        "words_per_audio_minute_optimized": round(opt.words / (audio_s / 60), 1),
         "build_seconds": round(build_s, 1),
     }
+
+    # --- optimized_int8: the same engine with PARAKEET_CPU_INT8=true (quantizes the model in place) ---
+    if args.no_int8:
+        result["int8"] = "skipped: --no-int8"
+    elif device.type != "cpu" or bf16:
+        result["int8"] = "skipped: PARAKEET_CPU_INT8 applies only where the optimized mode runs fp32 on a CPU"
+    else:
+        start = time.perf_counter()
+        int8_engine = ParakeetEngine(model, device, int8=True)
+        quantize_s = time.perf_counter() - start
+        q = Optimized(int8_engine, chunks, batch_size, memory, warm, False)
+        cosine, rel_error = closeness(q.first, opt.first)
+        result.update({
+            "int8": "measured",
+            "precision_optimized_int8": int8_engine.precision,
+            "seconds_optimized_int8": round(q.seconds, 3),
+            "rtfx_optimized_int8": round(audio_s / q.seconds, 2),
+            "speedup_int8": round(naive_s / q.seconds, 2),
+            "encoder_rtfx_optimized_int8": round(audio_s / q.encoder_seconds, 2),
+            "encoder_speedup_int8": round(naive_enc_s / q.encoder_seconds, 2),
+            "int8_encoder_cosine": round(cosine, 5),
+            "int8_encoder_rel_error": round(rel_error, 4),
+            "peak_memory_optimized_int8_mb": round(q.peak_mb, 1),
+            "words_per_audio_minute_optimized_int8": round(q.words / (audio_s / 60), 1),
+            "quantize_seconds": round(quantize_s, 1),
+        })
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -211,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-chunks", type=int, default=None)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="the optimized mode's precision (auto: bf16 on GPUs and CPUs with native bf16)")
+    parser.add_argument("--no-int8", action="store_true",
+                        help="skip the optimized_int8 mode (CPU only: PARAKEET_CPU_INT8=true)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with contextlib.suppress(ImportError):

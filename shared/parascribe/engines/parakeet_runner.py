@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from parascribe.engines.parakeet_runtime import release_host_memory
+
 log = logging.getLogger(__name__)
 
 LOCAL_ATTENTION = "rel_pos_local_attn"
@@ -59,11 +61,13 @@ def quantize_int8(model: torch.nn.Module) -> None:
 
     Weights become int8 once; activations are quantized per call. Layers already
     quantized are left as they are. In place because NeMo models cannot be deep-copied.
+    The float weights' memory is given back to the OS (glibc keeps it otherwise).
     """
     with warnings.catch_warnings():
         for category, message in _QUANTIZE_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
         torch.ao.quantization.quantize_dynamic(model, INT8_LAYERS, dtype=torch.qint8, inplace=True)
+    release_host_memory()
 
 
 def float_layers(model: torch.nn.Module) -> list[str]:
