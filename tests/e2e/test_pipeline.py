@@ -64,6 +64,7 @@ def test_spoken_paragraph_through_many_chunks(stack: Stack, paragraph_wav: Path)
     status = job_status(stack, str(record["job_id"]))
     assert int(status["chunks_total"]) >= 4
     error_rate = wer(str(record["text"]))
+    print(f"\nauto (gpu path): {status['chunks_total']} chunks, WER {error_rate:.3f}")  # shown with pytest -s
     assert error_rate <= 0.35, f"WER {error_rate:.3f}: {record['text']}"
 
     outputs = dict(record["outputs"])  # type: ignore[call-overload]
@@ -153,6 +154,7 @@ def test_deepgram_and_hybrid_methods(stack: Stack, paragraph_wav: Path, method: 
     [record] = stack.submit(paragraph_wav, method=method)
     assert record["status"] == "done", f"{record}\n{stack.logs('deepgram_worker')}"
     error_rate = wer(str(record["text"]))
+    print(f"\n{method}: engines {sorted(record['engines'])}, WER {error_rate:.3f}")  # type: ignore[call-overload]
     assert error_rate <= 0.35, f"{method}: WER {error_rate:.3f}: {record['text']}"
     engines = set(record["engines"])  # type: ignore[call-overload]
     assert "deepgram" in engines
