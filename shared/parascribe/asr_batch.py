@@ -242,16 +242,11 @@ class BatchProcessor:
     def _settle(self, msg: Inbound, w: _Work, processing_s: float) -> Outcome:
         task = w.task
         if w.output is not None:
-            result = ChunkResult(
-                job_id=task.job_id,
-                chunk_index=task.chunk.index,
-                n_chunks=task.n_chunks,
-                engine=self._engine_name,
-                path=task.path,
+            result = ChunkResult.for_task(
+                task, self._engine_name,
                 words=_within_span(w.output.words, task.chunk.start_s, task.decode_end_s or math.inf),
                 audio_seconds=_duration(w),
                 processing_seconds=processing_s,
-                fallback_reason=task.fallback_reason,
             )
             return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "result")
         reason = w.failure or "engine_error"
@@ -267,17 +262,7 @@ class BatchProcessor:
         return outcome
 
     def _publish_error(self, msg: Inbound, task: ChunkTask, reason: str) -> Outcome:
-        result = ChunkResult(
-            job_id=task.job_id,
-            chunk_index=task.chunk.index,
-            n_chunks=task.n_chunks,
-            engine=self._engine_name,
-            path=task.path,
-            audio_seconds=0.0,
-            processing_seconds=0.0,
-            fallback_reason=task.fallback_reason,
-            error=reason,
-        )
+        result = ChunkResult.for_task(task, self._engine_name, error=reason)
         return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "error",
                              reason=reason)
 

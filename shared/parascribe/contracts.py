@@ -221,6 +221,21 @@ class ChunkResult(Contract):
     """Set when the chunk failed permanently; the job then fails with this reason."""
     created_at: datetime = Field(default_factory=utcnow)
 
+    @classmethod
+    def for_task(cls, task: ChunkTask, engine: EngineName, **fields: object) -> ChunkResult:
+        """The result of ``task``: its job, chunk and fallback reason, plus ``fields``."""
+        base: dict[str, object] = {
+            "job_id": task.job_id,
+            "chunk_index": task.chunk.index,
+            "n_chunks": task.n_chunks,
+            "engine": engine,
+            "path": task.path,
+            "fallback_reason": task.fallback_reason,
+            "audio_seconds": 0.0,
+            "processing_seconds": 0.0,
+        }
+        return cls.model_validate(base | fields)
+
 
 class JobFailed(Contract):
     """Published to ``asr-results`` when a job fails before any chunk exists."""

@@ -243,17 +243,13 @@ class DeepgramWorker:
     def _result(
         self, task: ChunkTask, seconds: float, transcript: DeepgramTranscript | None = None, error: str | None = None
     ) -> ChunkResult:
-        return ChunkResult(
-            job_id=task.job_id,
-            chunk_index=task.chunk.index,
-            n_chunks=task.n_chunks,
-            engine="deepgram",
+        return ChunkResult.for_task(
+            task, "deepgram",
             path="deepgram",
             words=transcript.words if transcript else [],
             audio_seconds=task.chunk.duration_s,
             processing_seconds=max(0.0, seconds),
             billed_seconds=transcript.billed_seconds if transcript else 0.0,
-            fallback_reason=task.fallback_reason,
             error=error,
         )
 
