@@ -5,8 +5,10 @@ Locally it is served behind the ``router-push`` subscription::
     functions-framework --source services/router/main.py --target handle_upload \
         --signature-type cloudevent --port 8080
 
-and in GCP it is a Cloud Functions gen2 function with an Eventarc storage
-trigger. All logic lives in :mod:`parascribe.router`; this file only wires it up.
+and in GCP it is a Cloud Functions gen2 function behind the same subscription
+(OIDC push; see infra/README.md for why not an Eventarc trigger). The router
+also accepts ``google.cloud.storage.object.v1.finalized`` events, should one be
+added. All logic lives in :mod:`parascribe.router`; this file only wires it up.
 Clients are built once per process, on the first event.
 """
 
