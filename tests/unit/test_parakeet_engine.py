@@ -354,6 +354,29 @@ def _attention_int8(model: Any) -> list[Any]:
             sorted(layer.self_attn.named_children()) if hasattr(m, "weight") and callable(m.weight)]
 
 
+def _pointwise(model: Any) -> list[Any]:
+    """Every Conformer conv module's pointwise_conv1 and pointwise_conv2, in order."""
+    return [getattr(layer.conv, n) for layer in model.encoder.layers for n in ("pointwise_conv1", "pointwise_conv2")]
+
+
+def test_pointwise_linear_computes_what_the_conv_did() -> None:
+    import torch
+
+    from parascribe.engines.parakeet_runner import PointwiseLinear, is_pointwise
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 50)
+    for bias in (True, False):
+        conv = torch.nn.Conv1d(16, 32, kernel_size=1, bias=bias)
+        with torch.no_grad():
+            assert torch.allclose(PointwiseLinear(conv)(x), conv(x), atol=1e-5)
+    assert not is_pointwise(torch.nn.Conv1d(16, 16, kernel_size=3))
+    assert not is_pointwise(torch.nn.Conv1d(16, 16, kernel_size=1, groups=16))
+    assert not is_pointwise(torch.nn.Conv1d(16, 16, kernel_size=1, stride=2))
+    with pytest.raises(ValueError, match="pointwise"):
+        PointwiseLinear(torch.nn.Conv1d(16, 16, kernel_size=1, padding=1))
+
+
 @pytest.mark.nemo
 def test_int8_engine_transcribes_a_batch_with_every_linear_and_lstm_quantized(tiny_nemo: Path) -> None:
     import warnings
@@ -365,11 +388,19 @@ def test_int8_engine_transcribes_a_batch_with_every_linear_and_lstm_quantized(ti
             load_settings(parakeet_model_name=str(tiny_nemo), asr_device="cpu", long_audio_threshold_seconds=LONG_S,
                           parakeet_cpu_int8=True), precision="fp32")
     assert not [w for w in caught if "quantiz" in str(w.message)], "the known deprecation warnings are silenced"
+    import torch.ao.nn.quantized.dynamic as qd
+
     assert engine.precision == "int8"
     n_int8, still_float = _quantized(engine.model)
     assert still_float == [] and n_int8 > 0
+    d = engine.model.cfg.encoder.d_model
     assert type(engine.model.decoder.prediction["dec_rnn"].lstm).__name__ == "LSTM"
     assert engine.model.decoder.prediction["dec_rnn"].lstm.__module__.startswith("torch.ao.nn.quantized.dynamic")
+    pointwise = _pointwise(engine.model)
+    assert len(pointwise) == 2 * 2, "pointwise_conv1 and pointwise_conv2 in each of the 2 layers"
+    assert all(type(m).__name__ == "PointwiseLinear" and isinstance(m.linear, qd.Linear) for m in pointwise)
+    assert [(m.linear.in_features, m.linear.out_features) for m in pointwise[:2]] == [(d, 2 * d), (d, d)]
+    assert all(type(layer.conv.depthwise_conv).__name__ == "CausalConv1D" for layer in engine.model.encoder.layers)
 
     batch = [_chunk("a", 1.5, 0.0, 1), _chunk("long", 3.0, 600.0, 2), _chunk("c", 2.2, 1200.0, 4),
              _chunk("empty", 0.0, 1800.0, 5)]
@@ -392,6 +423,7 @@ def test_int8_attention_switch_keeps_the_int8_weights(tiny_nemo: Path) -> None:
                             long_audio_threshold_s=LONG_S)
     weights = _attention_int8(engine.model)
     assert len(weights) == 2 * 5, "q, k, v, out and pos projections in each of the 2 layers"
+    pointwise = _pointwise(engine.model)
     short = [_chunk("s", 2.0, 0.0, 11)]
     first = engine.transcribe(short)
 
@@ -402,6 +434,7 @@ def test_int8_attention_switch_keeps_the_int8_weights(tiny_nemo: Path) -> None:
     # NeMo moves weights into the new blocks by state dict, which skips int8 layers: they must be carried over.
     assert all((a == b).all() for a, b in zip(_attention_int8(engine.model), weights, strict=True))
     assert long.words
+    assert all(a is b for a, b in zip(_pointwise(engine.model), pointwise, strict=True)), "conv modules untouched"
 
     again = engine.transcribe(short)
     assert engine.attention == "full"

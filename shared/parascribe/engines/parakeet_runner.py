@@ -11,7 +11,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -24,7 +24,11 @@ LOCAL_ATTENTION = "rel_pos_local_attn"
 LOCAL_ATTENTION_CONTEXT = [128, 128]
 
 INT8_LAYERS: set[type[torch.nn.Module]] = {torch.nn.Linear, torch.nn.LSTM}
-"""What int8 quantizes: the encoder's, decoder's and joint's matmuls (convolutions stay fp32)."""
+"""What int8 quantizes: the encoder's, decoder's and joint's matmuls, including the Conformer conv
+modules' pointwise convolutions once run as Linear layers (the other convolutions stay fp32)."""
+
+POINTWISE_CONVS = ("pointwise_conv1", "pointwise_conv2")
+"""The kernel-1 convolutions of each Conformer conv module (NeMo's ``ConformerConvolution``)."""
 
 # torch 2.13 deprecates eager-mode quantization in favour of torchao's quantize_ API; these are the
 # warnings quantize_dynamic emits until that migration (torchao: Int8DynamicActivationInt8WeightConfig).
@@ -56,13 +60,60 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
+class PointwiseLinear(torch.nn.Module):
+    """A kernel-1 Conv1d run as a Linear over the channel axis, so that dynamic quantization covers it.
+
+    Takes and returns (batch, channels, time), as the convolution did.
+    """
+
+    def __init__(self, conv: torch.nn.Conv1d) -> None:
+        """Copy ``conv``'s weight and bias into a Linear layer.
+
+        Raises:
+            ValueError: ``conv`` is not a plain pointwise convolution.
+        """
+        super().__init__()
+        if not is_pointwise(conv):
+            raise ValueError(f"not a pointwise convolution: {conv}")
+        self.linear = torch.nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                                      device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.squeeze(-1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, in_channels, time) to (batch, out_channels, time)."""
+        return self.linear(x.transpose(1, 2)).transpose(1, 2)
+
+
+def is_pointwise(module: torch.nn.Module) -> TypeGuard[torch.nn.Conv1d]:
+    """Whether ``module`` is a Conv1d that is a matmul over channels: kernel 1, stride 1, one group, no padding."""
+    return (type(module) is torch.nn.Conv1d and module.kernel_size == (1,) and module.stride == (1,)
+            and module.groups == 1 and module.padding == (0,) and module.dilation == (1,))
+
+
+def _pointwise_as_linear(model: torch.nn.Module) -> None:
+    """Replace the encoder's Conformer conv modules' pointwise convolutions by equivalent Linear layers."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, torch.nn.Module):
+        return
+    for module in encoder.modules():
+        for name in POINTWISE_CONVS:
+            conv = getattr(module, name, None)
+            if isinstance(conv, torch.nn.Module) and is_pointwise(conv):
+                setattr(module, name, PointwiseLinear(conv))
+
+
 def quantize_int8(model: torch.nn.Module) -> None:
     """Dynamically quantize the float Linear and LSTM layers of ``model`` to int8, in place.
 
-    Weights become int8 once; activations are quantized per call. Layers already
+    The encoder's pointwise convolutions are turned into Linear layers first, so they are
+    quantized too. Weights become int8 once; activations are quantized per call. Layers already
     quantized are left as they are. In place because NeMo models cannot be deep-copied.
     The float weights' memory is given back to the OS (glibc keeps it otherwise).
     """
+    _pointwise_as_linear(model)
     with warnings.catch_warnings():
         for category, message in _QUANTIZE_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category)
@@ -71,8 +122,9 @@ def quantize_int8(model: torch.nn.Module) -> None:
 
 
 def float_layers(model: torch.nn.Module) -> list[str]:
-    """Names of the Linear and LSTM layers of ``model`` that still compute in floating point."""
-    return [name for name, m in model.named_modules() if type(m) in INT8_LAYERS]
+    """Names of the Linear and LSTM layers and the encoder's pointwise convolutions still in floating point."""
+    return [name for name, m in model.named_modules() if type(m) in INT8_LAYERS or (
+        name.startswith("encoder.") and name.rsplit(".", 1)[-1] in POINTWISE_CONVS and is_pointwise(m))]
 
 
 def _is_quantized(module: torch.nn.Module) -> bool:
@@ -134,7 +186,7 @@ class Runner:
     """One model on one device: its precision, decoding set-up and attention mode.
 
     Attributes:
-        precision: ``fp32``, ``bf16`` or ``int8`` (int8 Linear and LSTM weights, the rest fp32).
+        precision: ``fp32``, ``bf16`` or ``int8`` (int8 Linear, LSTM and pointwise-conv weights, the rest fp32).
     """
 
     def __init__(self, model: Any, device: torch.device, bf16: bool, int8: bool = False) -> None:
@@ -144,7 +196,7 @@ class Runner:
             model: a NeMo ``EncDecRNNTBPEModel`` already on ``device``.
             device: where it runs.
             bf16: cast the model to bf16 (and autocast on a CPU).
-            int8: quantize its Linear and LSTM weights to int8, in place (a CPU without bf16 only).
+            int8: quantize its Linear, LSTM and pointwise-conv weights to int8, in place (a CPU without bf16 only).
 
         Raises:
             ValueError: int8 was asked for with bf16 or off the CPU.
