@@ -1,27 +1,6 @@
 import { v } from "convex/values";
 import { internalMutation, query } from "./_generated/server";
-
-export const jobFields = {
-  jobId: v.string(),
-  status: v.union(v.literal("done"), v.literal("failed")),
-  reason: v.union(v.string(), v.null()),
-  outputs: v.array(v.object({ format: v.string(), uri: v.string() })),
-  summary: v.object({
-    durationS: v.union(v.number(), v.null()),
-    wordCount: v.number(),
-    engines: v.array(v.string()),
-    costUsd: v.number(),
-    deepgramOnlyUsd: v.number(),
-    savingsUsd: v.number(),
-  }),
-  source: v.union(
-    v.object({ bucket: v.string(), name: v.string(), generation: v.string(), uri: v.string() }),
-    v.null(),
-  ),
-  createdAt: v.string(),
-  finishedAt: v.union(v.string(), v.null()),
-  webhookTimestamp: v.number(),
-};
+import { jobFields } from "./jobFields";
 
 /**
  * Insert or update a job from a verified webhook. Idempotent: the webhook is
