@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import jiwer
 import pytest
 
 
@@ -26,3 +27,11 @@ def speak(text: str, path: Path, rate: int = 150) -> Path:
         pytest.skip("espeak-ng is not installed (make setup installs it): no test speech")
     subprocess.run(["espeak-ng", "-s", str(rate), "-w", str(path), text], check=True, capture_output=True)
     return path
+
+
+_NORMALISE = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """WER of ``hypothesis`` against ``reference``, ignoring case and punctuation."""
+    return float(jiwer.wer(_NORMALISE(reference), _NORMALISE(hypothesis)))

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import google.cloud.pubsub_v1 as pubsub_v1
-import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -36,7 +35,7 @@ from parascribe.contracts import (
 from parascribe.decode import SourceCache
 from parascribe.local.emulators import Emulators, free_port
 from parascribe.storage import GcsStore
-from tests.speech import speak
+from tests.speech import speak, word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -63,11 +62,6 @@ def speech(spoken_dir: Path) -> tuple[bytes, float, float]:
     sf.write(buf, audio, sr, format="WAV")
     second_at = (len(lead) + len(a) + len(gap)) / sr
     return buf.getvalue(), second_at, len(audio) / sr
-
-
-def wer(reference: str, words: list[str]) -> float:
-    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
-    return float(jiwer.wer(clean(reference), clean(" ".join(words))))
 
 
 @pytest.fixture
@@ -153,8 +147,8 @@ def test_worker_transcribes_chunks_into_file_time(settings: Settings, store: Gcs
         assert res.audio_seconds == pytest.approx(task.chunk.duration_s, abs=0.01)
         assert res.processing_seconds > 0
         assert all(task.chunk.start_s <= w.start <= w.end <= task.chunk.end_s for w in res.words)
-    assert wer(FIRST, [w.text for w in first.words]) <= 0.35
-    assert wer(SECOND, [w.text for w in second.words]) <= 0.35
+    assert word_error_rate(FIRST, " ".join([w.text for w in first.words])) <= 0.35
+    assert word_error_rate(SECOND, " ".join([w.text for w in second.words])) <= 0.35
     # File time, not chunk time: the second chunk's words start where SECOND is spoken in the file.
     assert abs(first.words[0].start - LEAD_S) < 0.5
     assert abs(second.words[0].start - second_at) < 0.5
@@ -203,7 +197,7 @@ def test_service_entry_point_serves_and_stops_on_sigterm(settings: Settings, sto
         [(body, _)] = pull(settings, names.SUB_MERGER, want=1)
         res = decode(ChunkResult, body)
         assert res.chunk_index == 1 and res.engine == "offline"
-        assert wer(SECOND, [w.text for w in res.words]) <= 0.35
+        assert word_error_rate(SECOND, " ".join([w.text for w in res.words])) <= 0.35
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         logs = (proc.stdout.read() if proc.stdout else b"").decode()

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -37,7 +36,7 @@ from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.storage import GcsStore
 from tests.service_entry import load_service_main
-from tests.speech import speak
+from tests.speech import speak, word_error_rate
 
 pytestmark = pytest.mark.integration
 
@@ -114,11 +113,6 @@ def duration_of(data: bytes) -> float:
     return float(info.frames / info.samplerate)
 
 
-def wer(text: str) -> float:
-    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
-    return float(jiwer.wer(clean(SENTENCE), clean(text)))
-
-
 def test_signed_url_from_fake_gcs_is_fetchable(settings: Settings, store: GcsStore, speech: bytes) -> None:
     worker = build_worker(settings)
     source = upload(store, settings, "signed.wav", speech)
@@ -137,7 +131,7 @@ def test_whole_file_via_signed_url(tmp_path: Path, settings: Settings, store: Gc
     [(result, attrs)] = pull_results(settings)
     assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
     assert result.error is None and result.engine == "deepgram"
-    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35
     assert result.words[0].start >= LEAD_S - 0.5
     assert httpx.get(dg_server.url + "/_stats").json()["last_source"] == "url"
     assert not list(tmp_path.iterdir())  # no audio came through the worker
@@ -152,7 +146,7 @@ def test_chunk_span_from_the_cached_source(tmp_path: Path, settings: Settings, s
 
     [(result, _)] = pull_results(settings)
     assert result.error is None
-    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35
     assert result.words[0].start >= LEAD_S - 0.5
     assert result.billed_seconds == pytest.approx(total - 1.5, abs=0.05)
     assert httpx.get(dg_server.url + "/_stats").json()["last_source"] == "bytes"
@@ -191,4 +185,4 @@ def test_behind_a_real_push_subscription(tmp_path: Path, settings: Settings, sto
         server.shutdown()
         server.server_close()
     assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
-    assert result.error is None and wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert result.error is None and word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
-import jiwer
 import pytest
 from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
@@ -21,7 +20,7 @@ from parascribe.config import Settings, load_settings
 from parascribe.engines.deepgram import DeepgramTranscriber, auth_errors, build_client, classify, normalise
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
-from tests.speech import speak
+from tests.speech import speak, word_error_rate
 
 KEY = "test-key-0123456789"
 SENTENCE = "please send the quarterly report to the finance team before friday afternoon"
@@ -59,17 +58,12 @@ def stats(server: RunningServer) -> dict[str, object]:
     return dict(httpx.get(server.url + "/_stats").json())
 
 
-def wer(hypothesis: str) -> float:
-    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
-    return float(jiwer.wer(clean(SENTENCE), clean(hypothesis)))
-
-
 def test_speech_becomes_punctuated_file_time_words(server: RunningServer, speech: bytes) -> None:
     transcriber = DeepgramTranscriber(settings_for(server))
     result = transcriber.transcribe_bytes(speech, offset_s=30.0)
 
-    assert wer(" ".join(w.text for w in result.words)) <= 0.35, result.text
-    assert wer(result.text) <= 0.35
+    assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35, result.text
+    assert word_error_rate(SENTENCE, result.text) <= 0.35
     assert 5.0 < result.billed_seconds < 7.0  # espeak speaks the sentence in ~5.5 s
     assert all(30.0 <= w.start <= w.end <= 30.0 + result.billed_seconds + 0.01 for w in result.words)
     assert [w.start for w in result.words] == sorted(w.start for w in result.words)
@@ -117,7 +111,7 @@ def file_server(speech: bytes) -> Iterator[str]:
 
 def test_url_is_fetched_by_the_server(server: RunningServer, file_server: str) -> None:
     result = DeepgramTranscriber(settings_for(server)).transcribe_url(file_server + "/audio.wav?X-Goog-Signature=abc")
-    assert wer(result.text) <= 0.35
+    assert word_error_rate(SENTENCE, result.text) <= 0.35
     assert stats(server)["last_source"] == "url"
 
 

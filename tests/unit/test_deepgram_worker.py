@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
-import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -31,7 +30,7 @@ from parascribe.errors import TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.pushapp import PushMessage
 from tests.fakes import MemoryStore, RecordingPublisher
-from tests.speech import speak
+from tests.speech import speak, word_error_rate
 
 KEY = "worker-test-key"
 SENTENCE = "open the door and turn on the light in the kitchen"
@@ -61,11 +60,6 @@ def padded_speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, padded, sr, format="WAV")
     return buf.getvalue()
-
-
-def wer(text: str) -> float:
-    clean = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip()])
-    return float(jiwer.wer(clean(SENTENCE), clean(text)))
 
 
 class StoreFiles(BaseHTTPRequestHandler):
@@ -180,7 +174,7 @@ def test_chunk_span_is_cut_encoded_and_transcribed_in_file_time(
     assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
     assert (result.engine, result.path, result.chunk_index, result.n_chunks) == ("deepgram", "deepgram", 3, 5)
     assert result.error is None and result.fallback_reason == "gpu_timeout"
-    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35
     # Speech starts LEAD_SILENCE_S into the file; the span started at 2.0 s, so offsets were added.
     assert result.words[0].start >= LEAD_SILENCE_S - 0.5
     assert result.words[-1].end <= total + 0.05
@@ -200,7 +194,7 @@ def test_whole_file_goes_by_signed_url(rig: Rig, server: RunningServer, padded_s
     assert len(rig.signed) == 1 and "/uploads/whole.wav" in rig.signed[0]
     assert int(parse_qs(urlparse(rig.signed[0]).query)["X-Goog-Expires"][0]) >= 900
     assert httpx.get(server.url + "/_stats").json()["last_source"] == "url"
-    assert wer(" ".join(w.text for w in result.words)) <= 0.35
+    assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35
     assert result.words[0].start >= LEAD_SILENCE_S - 0.5
     assert result.billed_seconds == pytest.approx(total, abs=0.05)
 
