@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     asr_engine: Literal["auto", "parakeet", "offline"] = "auto"
     asr_device: Literal["auto", "cuda", "cpu"] = "auto"
     gpu_batch_linger_ms: int = Field(200, ge=0, le=10_000)
-    long_audio_threshold_seconds: float = Field(900.0, gt=0)
+    long_audio_threshold_seconds: float | None = Field(None, gt=0)
     parakeet_cpu_fallback: bool = False
     parakeet_cpu_int8: bool = False
     offline_model_path: str | None = None

@@ -316,6 +316,87 @@ def test_bf16_keeps_every_weight_in_bf16_across_attention_switches(tiny_nemo: Pa
     engine.close()
 
 
+@pytest.mark.nemo
+def test_memory_budget_runs_full_attention_in_sub_batches_with_the_same_words(tiny_nemo: Path) -> None:
+    from nemo.collections.asr.models import ASRModel
+
+    batch = [_chunk(str(i), seconds, 10.0 * i, 70 + i) for i, seconds in enumerate([2.0, 1.0, 2.0, 1.5, 2.0])]
+    unlimited = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
+                               long_audio_threshold_s=900.0)
+    expected = [_words(o) for o in unlimited.transcribe(batch)]
+    budget = unlimited.attention_planner.full_attention_bytes(2 * SAMPLE_RATE, batch=2)
+    unlimited.close()
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
+                            long_audio_threshold_s=900.0, attention_budget_bytes=budget)
+    calls = _spy(engine)
+
+    out = engine.transcribe(batch)
+
+    two, one_half, one = 2 * SAMPLE_RATE, int(1.5 * SAMPLE_RATE), SAMPLE_RATE
+    assert calls == [([two, two], "full"), ([two, one_half], "full"), ([one], "full")], "longest first, 2 at a time"
+    assert [_words(o) for o in out] == expected, "sub-batches change nothing but memory"
+    engine.close()
+
+
+@pytest.mark.nemo
+def test_single_chunk_oom_in_a_larger_batch_is_recovered_in_place(
+    engine: ParakeetEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = [_chunk("short", 1.0, 0.0, 81), _chunk("long", 4.0, 60.0, 82), _chunk("mid", 2.0, 120.0, 83)]
+    engine.recoveries.clear()
+    # The long chunk runs alone with local attention and does not fit; its halves (2.5 s) do.
+    calls = _inject_oom(engine, monkeypatch, lambda lengths, mode: mode == "local" and max(lengths) > 3 * SAMPLE_RATE)
+
+    out = engine.transcribe(batch)
+
+    assert [lengths for lengths, _ in calls][:2] == [[2 * SAMPLE_RATE, SAMPLE_RATE], [4 * SAMPLE_RATE]]
+    assert engine.recoveries == {"oom": 1, "split": 1}, "no EngineOOMError: the short chunks were already done"
+    for o, c in zip(out, batch, strict=True):
+        _assert_in_file_time(o, c)
+    assert out[1].words, "the recovered chunk has words"
+
+
+@pytest.mark.nemo
+def test_full_attention_working_set_stays_within_the_planners_estimate(tiny_nemo: Path) -> None:
+    """Peak RSS of a long full-attention forward against ``full_attention_bytes`` (fp32 on a CPU)."""
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    engine = ParakeetEngine(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), "cpu",
+                            long_audio_threshold_s=900.0)
+    seconds = 240.0
+    samples = torch.from_numpy(noise(seconds, seed=91))[None]
+    gc.collect()
+    base = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM)
+    with torch.inference_mode():
+        engine.model.forward(input_signal=samples, input_signal_length=torch.tensor([samples.shape[1]]))
+    used = (_peak_rss_mb() - base) * 2**20
+    estimate = engine.attention_planner.full_attention_bytes(samples.shape[1])
+    assert 0.6 * estimate < used <= estimate, f"used {used / 2**20:.0f} MB, estimated {estimate / 2**20:.0f} MB"
+    engine.close()
+
+
+def _spy(engine: ParakeetEngine) -> list[tuple[list[int], str]]:
+    """Record the lengths and attention mode of every model call."""
+    model = engine.model
+    real = model.transcribe
+    calls: list[tuple[list[int], str]] = []
+
+    def transcribe(audio: list[Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(([len(a) for a in audio], engine.attention))
+        return real(audio, *args, **kwargs)
+
+    model.transcribe = transcribe
+    return calls
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20

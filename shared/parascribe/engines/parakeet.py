@@ -22,6 +22,7 @@ import gc
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from parascribe.config import Settings
 from parascribe.contracts import EngineName, Word
 from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
+from parascribe.engines.parakeet_attention import AttentionPlanner, gpu_attention_budget, long_audio_threshold
 from parascribe.engines.parakeet_runtime import (
     ModelSource,
     Precision,
@@ -89,7 +91,8 @@ class ParakeetEngine:
         device: torch.device | str = "cpu",
         *,
         bf16: bool = False,
-        long_audio_threshold_s: float = 900.0,
+        long_audio_threshold_s: float | None = None,
+        attention_budget_bytes: int | None = None,
         cpu_fallback: Callable[[], Any] | None = None,
         cpu_bf16: bool = False,
         int8: bool = False,
@@ -101,7 +104,11 @@ class ParakeetEngine:
             model: an ``EncDecRNNTBPEModel`` (TDT or RNNT) on ``device``.
             device: where the model lives.
             bf16: cast the model to bf16 and run under bf16 autocast.
-            long_audio_threshold_s: a chunk longer than this runs with local attention.
+            long_audio_threshold_s: a chunk longer than this runs with local attention;
+                None for the device's default (30 s on a CPU, 900 s on a GPU).
+            attention_budget_bytes: memory the full-attention scores of one batch may take;
+                longer batches are cut into sub-batches that fit, and a chunk that does not
+                fit alone runs with local attention. None for no limit.
             cpu_fallback: loads a CPU copy of the model; called once, the first time a chunk
                 still fails after every GPU recovery step. None disables that step.
             cpu_bf16: run the CPU copy in bf16.
@@ -118,7 +125,8 @@ class ParakeetEngine:
 
         self._device = torch.device(device)
         self._primary: Runner | None = Runner(model, self._device, bf16, int8)
-        self._long_samples = int(long_audio_threshold_s * SAMPLE_RATE)
+        self._planner = AttentionPlanner.for_model(
+            model, long_audio_threshold(long_audio_threshold_s, self._device), bf16, attention_budget_bytes)
         self._cpu_loader = cpu_fallback
         self._cpu_bf16 = cpu_bf16
         self._cpu_int8 = cpu_int8
@@ -162,17 +170,29 @@ class ParakeetEngine:
                          cpu_fallback=fallback, cpu_bf16=cpu_bf16, int8=int8,
                          cpu_int8=settings.parakeet_cpu_int8 and not cpu_bf16)
             engine.warm_up()
+            engine._planner = replace(engine._planner, budget_bytes=gpu_attention_budget(device))
         except Exception as err:
             raise EngineUnavailableError(
                 f"Parakeet from {source.name} does not run: {type(err).__name__}: {err}"
             ) from err
-        log.info("parakeet loaded from %s on %s (%s)", source.name, device, engine.precision)
+        log.info("parakeet loaded from %s on %s (%s); local attention above %.0f s", source.name, device,
+                 engine.precision, engine.long_audio_threshold_s)
         return engine
 
     @property
     def attention(self) -> str:
         """``full`` or ``local``: the attention mode the model is in now."""
         return "local" if self._runner().local else "full"
+
+    @property
+    def long_audio_threshold_s(self) -> float:
+        """Chunks longer than this run with local attention."""
+        return self._planner.long_samples / SAMPLE_RATE
+
+    @property
+    def attention_planner(self) -> AttentionPlanner:
+        """How a batch is grouped by attention mode and cut to fit memory."""
+        return self._planner
 
     @property
     def precision(self) -> str:
@@ -203,30 +223,28 @@ class ParakeetEngine:
 
         runner = self._runner()
         results = [Result([], "") for _ in batch]
-        live = sorted((i for i, c in enumerate(batch) if len(c.samples)), key=lambda i: -len(batch[i].samples))
-        if not live:
+        groups = self._planner.plan([len(c.samples) for c in batch])
+        if not groups:
             return [EngineOutput() for _ in batch]
-        # Long chunks need local attention; short ones keep full attention (faster, more accurate).
-        groups = [(True, [i for i in live if len(batch[i].samples) > self._long_samples]),
-                  (False, [i for i in live if len(batch[i].samples) <= self._long_samples])]
         if not runner.local:
-            groups.reverse()  # start in the mode the model is already in
+            groups.sort(key=lambda g: g.local)  # start in the mode the model is already in
+        live = [i for g in groups for i in g.ids]
         try:
-            try:
-                for local, ids in groups:
-                    if ids:
-                        runner.set_local(local)
-                        for i, result in zip(ids, runner.run([_audio(batch[i]) for i in ids]), strict=True):
-                            results[i] = result
-            except OutOfMemory:
-                self.recoveries["oom"] += 1
-                if len(live) > 1:
-                    seconds = sum(batch[i].duration_s for i in live)
-                    raise EngineOOMError(
-                        f"a batch of {len(live)} chunks ({seconds:.0f} s of audio) did not fit in memory on "
-                        f"{self._device}"
-                    ) from None
-                results[live[0]] = self._recover(_audio(batch[live[0]]), tried_local=runner.local)
+            for group in groups:
+                runner.set_local(group.local)
+                try:
+                    outputs = runner.run([_audio(batch[i]) for i in group.ids])
+                except OutOfMemory:
+                    self.recoveries["oom"] += 1
+                    if len(group.ids) > 1:
+                        seconds = sum(batch[i].duration_s for i in group.ids)
+                        raise EngineOOMError(
+                            f"a batch of {len(group.ids)} chunks ({seconds:.0f} s of audio) did not fit in memory "
+                            f"on {self._device}"
+                        ) from None
+                    outputs = [self._recover(_audio(batch[group.ids[0]]), tried_local=group.local)]
+                for i, result in zip(group.ids, outputs, strict=True):
+                    results[i] = result
         except EngineError:
             raise
         except Exception as err:
@@ -299,7 +317,7 @@ class ParakeetEngine:
     def _piece(self, runner: Runner, samples: np.ndarray, depth: int) -> Result:
         from parascribe.engines.parakeet_runner import OutOfMemory
 
-        local = len(samples) > self._long_samples
+        local = self._planner.is_local(len(samples))
         runner.set_local(local)
         try:
             return runner.run([samples])[0]
