@@ -1,16 +1,19 @@
 """Parakeet throughput: NeMo used naively against the engine as the worker runs it, in one run.
 
 Run: ``.venv/bin/python bench/asr_throughput.py [--quick] [--device auto|cpu|cuda] [--batch-size N]
-[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16] [--no-int8]``. Prints one JSON object on stdout.
+[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16] [--long-audio-threshold S] [--no-int8]``.
+Prints one JSON object on stdout.
 
 The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024, TDT decoder,
 1024-piece tokenizer) built from its config with random weights, so nothing is downloaded.
 
-- naive: NeMo's defaults, fp32, one file per ``transcribe()`` call (with word timestamps, since
-  the pipeline needs them);
+- naive: NeMo's defaults, fp32, full attention, one file per ``transcribe()`` call (with word
+  timestamps, since the pipeline needs them);
 - optimized: :class:`parascribe.engines.parakeet.ParakeetEngine` on batches of ``--batch-size``
-  chunks: length-sorted, inference mode, bf16 on a GPU and on CPUs with native bf16 (fp32 otherwise),
-  timestamps configured once;
+  chunks, set up as the worker sets it up: length-sorted, inference mode, bf16 on a GPU and on CPUs
+  with native bf16 (fp32 otherwise), timestamps configured once, local attention above the
+  long-audio threshold (by default 30 s on a CPU, 900 s on a GPU) and full-attention sub-batches
+  sized to the free GPU memory;
 - optimized_int8 (CPU, where the optimized mode runs fp32): the same engine with its Linear and LSTM
   weights dynamically quantized to int8, as the worker runs with ``PARAKEET_CPU_INT8=true``. Quantization
   is in place, so this mode runs last. Its accuracy proxy compares the encoder output of the first
@@ -18,7 +21,9 @@ The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024
 
 Random weights emit about one token per encoder frame, several times more than real speech, which
 inflates decoding time; so the encoder's own RTFx (preprocessor + encoder, no decoding) is reported
-for both modes too. Peak memory is the process's peak RSS on a CPU and
+for both modes too. The encoder's FLOPs per audio second (counted by ``torch.utils.flop_counter``)
+and the best rate of a large matrix multiply on the device give ``encoder_rtfx_gemm_bound``: the
+encoder RTFx this precision could reach if every FLOP ran at matmul speed. Peak memory is the process's peak RSS on a CPU and
 ``torch.cuda.max_memory_allocated`` on a GPU, reset before each mode.
 """
 
@@ -43,9 +48,11 @@ from parascribe.engines.parakeet import ParakeetEngine
 from parascribe.engines.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
 from parascribe.engines.parakeet_runtime import choose_bf16, choose_device, cpu_supports_bf16
 
-QUICK = {"cpu": (15.0, 4, 4), "cuda": (600.0, 8, 8)}
+QUICK = {"cpu": (45.0, 2, 2), "cuda": (600.0, 8, 8)}
 """--quick: (chunk seconds, chunks, batch size) per device kind."""
-FULL = {"cpu": (60.0, 8, 8), "cuda": (600.0, 32, 16)}
+FULL = {"cpu": (600.0, 1, 1), "cuda": (600.0, 32, 16)}
+"""The pipeline's own 10-minute chunks (``CHUNK_DURATION_MINUTES``); one at a time on a CPU, where naive
+full attention at that length runs at about 1x real time."""
 
 
 def synthetic_audio(seconds: float, seed: int) -> np.ndarray:
@@ -140,7 +147,7 @@ class Optimized:
     """One engine mode timed end to end, then its encoder alone; the first batch's encoder output kept."""
 
     def __init__(self, engine: ParakeetEngine, chunks: Sequence[AudioChunk], batch_size: int,
-                 memory: PeakMemory, warm: np.ndarray, bf16: bool) -> None:
+                 memory: PeakMemory, warm: np.ndarray, bf16: bool, count_flops: bool = True) -> None:
         device = engine.device
         engine.warm_up()
         memory.reset()
@@ -153,16 +160,49 @@ class Optimized:
         self.seconds = timed(device, transcribe)
         self.peak_mb = memory.peak_mb()
         audio = [c.samples for c in chunks]
+        planner = engine.attention_planner
+        engine.set_attention(planner.is_local(len(warm)))
         encode(engine.model, [warm], device, bf16)
         self.first: list[torch.Tensor] = []
+        self.modes: set[str] = set()
 
         def encode_all() -> None:
             for batch in batches(audio, batch_size):
-                out = encode(engine.model, list(batch), device, bf16)
-                if not self.first:
-                    self.first = out
+                for group in planner.plan([len(a) for a in batch]):
+                    engine.set_attention(group.local)
+                    self.modes.add("local" if group.local else "full")
+                    out = encode(engine.model, [batch[i] for i in group.ids], device, bf16)
+                    if not self.first:
+                        self.first = out
 
         self.encoder_seconds = timed(device, encode_all)
+        self.flops_per_audio_s = float("nan")
+        if count_flops:
+            group = planner.plan([len(a) for a in audio[:batch_size]])[0]
+            engine.set_attention(group.local)
+            self.flops_per_audio_s = encoder_flops([audio[i] for i in group.ids], engine.model, device, bf16)
+
+
+def encoder_flops(audio: Sequence[np.ndarray], model: Any, device: torch.device, bf16: bool) -> float:
+    """FLOPs of the preprocessor and encoder per second of audio (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        encode(model, audio, device, bf16)
+    return counter.get_total_flops() / (sum(len(a) for a in audio) / SAMPLE_RATE)
+
+
+def gemm_flops_per_s(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """The best rate of the encoder's largest matmul shape (frames x 1024 by 1024 x 4096) on ``device``."""
+    best = 0.0
+    for rows in (1024, 2048, 4096):
+        a = torch.randn(rows, 1024, device=device, dtype=dtype)
+        b = torch.randn(1024, 4096, device=device, dtype=dtype)
+        a @ b
+        for _ in range(repeats):
+            best = max(best, 2 * rows * 1024 * 4096 / timed(device, lambda a=a, b=b: a @ b))
+    return best
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -200,8 +240,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # --- optimized: the engine, as the worker runs it ---
     bf16 = choose_bf16(device, args.precision)
     chunks = [AudioChunk(key=str(i), samples=a, offset_s=i * chunk_s) for i, a in enumerate(audio)]
-    opt = Optimized(ParakeetEngine(model, device, bf16=bf16), chunks, batch_size, memory, warm, bf16)
+    engine = ParakeetEngine(model, device, bf16=bf16, long_audio_threshold_s=args.long_audio_threshold)
+    engine.warm_up()
+    engine.fit_attention_to_free_memory()
+    opt = Optimized(engine, chunks, batch_size, memory, warm, bf16)
     opt_s, opt_enc_s = opt.seconds, opt.encoder_seconds
+    gemm = gemm_flops_per_s(device, torch.bfloat16 if bf16 else torch.float32)
 
     result = {
         "benchmark": "asr_throughput",
@@ -228,6 +272,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "encoder_rtfx_naive": round(audio_s / naive_enc_s, 2),
         "encoder_rtfx_optimized": round(audio_s / opt_enc_s, 2),
         "encoder_speedup": round(naive_enc_s / opt_enc_s, 2),
+        "attention_naive": "full",
+        "attention_optimized": "+".join(sorted(opt.modes)),
+        "long_audio_threshold_s": engine.long_audio_threshold_s,
+        "encoder_gflop_per_audio_second": round(opt.flops_per_audio_s / 1e9, 2),
+        "gemm_gflops": round(gemm / 1e9, 1),
+        "encoder_rtfx_gemm_bound": round(gemm / opt.flops_per_audio_s, 2),
         "memory_kind": memory.kind,
         "peak_memory_naive_mb": round(naive_mem, 1),
         "peak_memory_optimized_mb": round(opt.peak_mb, 1),
@@ -242,9 +292,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["int8"] = "skipped: PARAKEET_CPU_INT8 applies only where the optimized mode runs fp32 on a CPU"
     else:
         start = time.perf_counter()
-        int8_engine = ParakeetEngine(model, device, int8=True)
+        int8_engine = ParakeetEngine(model, device, int8=True, long_audio_threshold_s=args.long_audio_threshold)
         quantize_s = time.perf_counter() - start
-        q = Optimized(int8_engine, chunks, batch_size, memory, warm, False)
+        q = Optimized(int8_engine, chunks, batch_size, memory, warm, False, count_flops=False)
         cosine, rel_error = closeness(q.first, opt.first)
         result.update({
             "int8": "measured",
@@ -272,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-chunks", type=int, default=None)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="the optimized mode's precision (auto: bf16 on GPUs and CPUs with native bf16)")
+    parser.add_argument("--long-audio-threshold", type=float, default=None, metavar="S",
+                        help="LONG_AUDIO_THRESHOLD_SECONDS for the engine (default: 30 s on a CPU, 900 s on a GPU)")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the optimized_int8 mode (CPU only: PARAKEET_CPU_INT8=true)")
     args = parser.parse_args(argv)

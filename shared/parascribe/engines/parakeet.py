@@ -170,7 +170,7 @@ class ParakeetEngine:
                          cpu_fallback=fallback, cpu_bf16=cpu_bf16, int8=int8,
                          cpu_int8=settings.parakeet_cpu_int8 and not cpu_bf16)
             engine.warm_up()
-            engine._planner = replace(engine._planner, budget_bytes=gpu_attention_budget(device))
+            engine.fit_attention_to_free_memory()
         except Exception as err:
             raise EngineUnavailableError(
                 f"Parakeet from {source.name} does not run: {type(err).__name__}: {err}"
@@ -207,6 +207,23 @@ class ParakeetEngine:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def fit_attention_to_free_memory(self) -> None:
+        """Size full-attention sub-batches to the GPU memory free now; call once, after :meth:`warm_up`.
+
+        Does nothing on a CPU.
+        """
+        budget = gpu_attention_budget(self._device)
+        self._planner = replace(self._planner, budget_bytes=budget)
+        if budget is not None:
+            log.info("parakeet full-attention scores may take %.1f GB per batch", budget / 2**30)
+
+    def set_attention(self, local: bool) -> None:
+        """Put the model in local or full attention, as :meth:`transcribe` does for each group.
+
+        For callers that run the model directly (benchmarks); :meth:`transcribe` needs no help.
+        """
+        self._runner().set_local(local)
 
     def warm_up(self) -> None:
         """Run one second of silence through the model, so the first real batch is not slow."""

@@ -74,6 +74,7 @@ def gpu_attention_budget(device: torch.device) -> int | None:
         return None
     import torch
 
+    torch.cuda.empty_cache()  # blocks cached by loading and warm-up count as used otherwise
     free, total = torch.cuda.mem_get_info(device)
     fraction = torch.cuda.get_per_process_memory_fraction(device)
     if fraction < 1.0:
