@@ -67,6 +67,8 @@ bench-quick: setup  ## Parakeet throughput, full-size architecture, random weigh
 
 bench: setup  ## all benchmarks
 	$(PY) bench/asr_throughput.py
+	$(PY) bench/attention_crossover.py
+	$(PY) bench/engine_memory.py
 	$(PY) bench/stitch_speed.py
 
 infra-names: setup  ## regenerate infra/names.auto.tfvars.json from shared/parascribe/names.py
