@@ -1,7 +1,8 @@
 """Parakeet throughput: NeMo used naively against the engine as the worker runs it, in one run.
 
 Run: ``.venv/bin/python bench/asr_throughput.py [--quick] [--device auto|cpu|cuda] [--batch-size N]
-[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16] [--long-audio-threshold S] [--no-int8]``.
+[--chunk-seconds S] [--n-chunks N] [--precision auto|fp32|bf16] [--long-audio-threshold S] [--no-local]
+[--no-int8]``.
 Prints one JSON object on stdout.
 
 The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024, TDT decoder,
@@ -14,6 +15,9 @@ The model is the full parakeet-tdt-0.6b-v2 architecture (FastConformer 24 x 1024
   with native bf16 (fp32 otherwise), timestamps configured once, local attention above the
   long-audio threshold (by default 30 s on a CPU, 900 s on a GPU) and full-attention sub-batches
   sized to the free GPU memory;
+- optimized_local (where the optimized mode kept full attention for some chunks, as on a GPU with
+  10-minute chunks): the same engine with every chunk in local attention, to show what the
+  long-audio threshold costs or saves on this device;
 - optimized_int8 (CPU, where the optimized mode runs fp32): the same engine with its Linear and LSTM
   weights dynamically quantized to int8, as the worker runs with ``PARAKEET_CPU_INT8=true``. Quantization
   is in place, so this mode runs last. Its accuracy proxy compares the encoder output of the first
@@ -23,8 +27,8 @@ Random weights emit about one token per encoder frame, several times more than r
 inflates decoding time; so the encoder's own RTFx (preprocessor + encoder, no decoding) is reported
 for both modes too. The encoder's FLOPs per audio second (counted by ``torch.utils.flop_counter``)
 and the best rate of a large matrix multiply on the device give ``encoder_rtfx_gemm_bound``: the
-encoder RTFx this precision could reach if every FLOP ran at matmul speed. Peak memory is the process's peak RSS on a CPU and
-``torch.cuda.max_memory_allocated`` on a GPU, reset before each mode.
+encoder RTFx this precision could reach if every FLOP ran at matmul speed. Peak memory is the
+process's peak RSS on a CPU and ``torch.cuda.max_memory_allocated`` on a GPU, reset before each mode.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from parascribe.engines.parakeet_runtime import choose_bf16, choose_device, cpu_
 
 QUICK = {"cpu": (45.0, 2, 2), "cuda": (600.0, 8, 8)}
 """--quick: (chunk seconds, chunks, batch size) per device kind."""
+LOCAL_EVERYWHERE_S = 1e-3
+"""A long-audio threshold that sends every chunk to local attention (the optimized_local mode)."""
 FULL = {"cpu": (600.0, 1, 1), "cuda": (600.0, 32, 16)}
 """The pipeline's own 10-minute chunks (``CHUNK_DURATION_MINUTES``); one at a time on a CPU, where naive
 full attention at that length runs at about 1x real time."""
@@ -71,24 +77,31 @@ class PeakMemory:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.at_reset_mb = 0.0
 
     def reset(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.at_reset_mb = torch.cuda.memory_allocated(self.device) / 2**20
             return
         # Writing 5 resets VmHWM, the peak RSS (Linux 4.0+).
         with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
             f.write("5")
+        self.at_reset_mb = self._status_mb("VmRSS:")
+
+    def extra_mb(self) -> float:
+        """How far the peak rose above the memory in use at :meth:`reset`: the working set of what ran."""
+        return self.peak_mb() - self.at_reset_mb
+
+    def _status_mb(self, field: str) -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return float("nan")
+        return self._status_mb("VmHWM:")
 
     @property
     def kind(self) -> str:
@@ -285,6 +298,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "build_seconds": round(build_s, 1),
     }
 
+    # --- optimized_local: every chunk with local attention, where the optimized mode kept full attention ---
+    if "full" in opt.modes and not args.no_local:
+        engine.set_attention(False)  # the next engine takes the model's current attention as its full mode
+        local_engine = ParakeetEngine(model, device, bf16=bf16, long_audio_threshold_s=LOCAL_EVERYWHERE_S)
+        local = Optimized(local_engine, chunks, batch_size, memory, warm, bf16, count_flops=False)
+        local_engine.set_attention(False)
+        result.update({
+            "seconds_optimized_local": round(local.seconds, 3),
+            "rtfx_optimized_local": round(audio_s / local.seconds, 2),
+            "speedup_local": round(naive_s / local.seconds, 2),
+            "encoder_rtfx_optimized_local": round(audio_s / local.encoder_seconds, 2),
+            "peak_memory_optimized_local_mb": round(local.peak_mb, 1),
+        })
+
     # --- optimized_int8: the same engine with PARAKEET_CPU_INT8=true (quantizes the model in place) ---
     if args.no_int8:
         result["int8"] = "skipped: --no-int8"
@@ -324,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the optimized mode's precision (auto: bf16 on GPUs and CPUs with native bf16)")
     parser.add_argument("--long-audio-threshold", type=float, default=None, metavar="S",
                         help="LONG_AUDIO_THRESHOLD_SECONDS for the engine (default: 30 s on a CPU, 900 s on a GPU)")
+    parser.add_argument("--no-local", action="store_true",
+                        help="skip the optimized_local mode (run where the optimized mode kept full attention)")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the optimized_int8 mode (CPU only: PARAKEET_CPU_INT8=true)")
     args = parser.parse_args(argv)
