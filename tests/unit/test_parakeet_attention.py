@@ -88,3 +88,24 @@ def test_threshold_setting_must_be_positive(threshold: float) -> None:
 
     with pytest.raises(ConfigError, match="LONG_AUDIO_THRESHOLD_SECONDS"):
         load_settings(long_audio_threshold_seconds=threshold)
+
+
+def test_gpu_budget_is_a_share_of_free_memory_within_the_process_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arithmetic of ``gpu_attention_budget``, with the CUDA queries stubbed (no GPU here)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'parascribe[nemo]')")
+    from parascribe.engines.parakeet_attention import GPU_BUDGET_SHARE, gpu_attention_budget
+
+    gib = 2**30
+    state = {"fraction": 1.0}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * gib, 24 * gib))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: state["fraction"])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 2 * gib)
+    cuda = torch.device("cuda", 0)
+
+    assert gpu_attention_budget(torch.device("cpu")) is None
+    assert gpu_attention_budget(cuda) == int(GPU_BUDGET_SHARE * 20 * gib), "no cap: a share of what is free"
+    state["fraction"] = 0.5  # GPU_MEMORY_LIMIT_GB=12 on a 24 GB card, 2 GB already held by this process
+    assert gpu_attention_budget(cuda) == int(GPU_BUDGET_SHARE * 10 * gib)
+    state["fraction"] = 0.05
+    assert gpu_attention_budget(cuda) == 0, "a cap below what the model holds leaves nothing for full attention"
