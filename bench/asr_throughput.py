@@ -355,7 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the optimized_local mode (run where the optimized mode kept full attention)")
     parser.add_argument("--no-int8", action="store_true",
                         help="skip the optimized_int8 mode (CPU only: PARAKEET_CPU_INT8=true)")
-    args = parser.parse_args(argv)
+    return report(run, parser.parse_args(argv))
+
+
+def report(bench: Callable[[argparse.Namespace], dict[str, Any]], args: argparse.Namespace) -> int:
+    """Run ``bench`` with library chatter on stderr, then print its result as JSON on stdout."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with contextlib.suppress(ImportError):
         from nemo.utils import logging as nemo_logging
@@ -363,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nemo_logging.setLevel(logging.ERROR)
     # NeMo and SentencePiece print progress; stdout carries only the JSON result.
     with contextlib.redirect_stdout(sys.stderr):
-        result = run(args)
+        result = bench(args)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -14,9 +14,7 @@ threshold on a CPU (``CPU_LOCAL_ATTENTION_S``) comes from this measurement.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import statistics
 import sys
 import tempfile
@@ -24,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from asr_throughput import PeakMemory, encode, synthetic_audio, timed
+from asr_throughput import PeakMemory, encode, report, synthetic_audio, timed
 
 from parascribe.engines.parakeet import ParakeetEngine
 from parascribe.engines.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
@@ -85,16 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    with contextlib.suppress(ImportError):
-        from nemo.utils import logging as nemo_logging
-
-        nemo_logging.setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(sys.stderr):
-        result = run(args)
-    print(json.dumps(result, indent=2))
-    return 0
+    return report(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
