@@ -2,7 +2,9 @@
 
 The model loads once at start-up; :meth:`ParakeetEngine.transcribe` then runs
 many times from one inference thread (NeMo's ``transcribe`` is not
-thread-safe). When a batch does not fit in GPU memory the engine raises
+thread-safe). Each batch is planned first (:mod:`parakeet_attention`): long
+chunks run with local attention, the others with full attention in sub-batches
+sized to the free GPU memory. When a batch still does not fit the engine raises
 :class:`~parascribe.errors.EngineOOMError` so the worker can halve it. A single
 chunk that does not fit is retried with local attention, then split in halves
 (recursively), then, with ``PARAKEET_CPU_FALLBACK``, run on a CPU copy of the
