@@ -397,6 +397,29 @@ def _peak_rss_mb() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
+@pytest.mark.nemo
+def test_gpu_precision_set_up_runs_without_autocast_in_both_attention_modes(tiny_nemo: Path) -> None:
+    """On a GPU the model is cast to bf16 and runs without autocast (features stay fp32 in the
+    preprocessor); NeMo's dtype handling is the same on a CPU, so that set-up is checked here."""
+    import torch
+    from nemo.collections.asr.models import ASRModel
+
+    from parascribe.engines.parakeet_runner import Runner
+
+    runner = Runner(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), torch.device("cpu"), bf16=True)
+    runner.autocast = False  # what Runner chooses for a CUDA device
+    full = runner.run([noise(3.0, seed=101), noise(1.5, seed=102)])
+    runner.set_local(True)
+    local = runner.run([noise(3.0, seed=101)])
+
+    assert {p.dtype for p in runner.model.parameters()} == {torch.bfloat16}
+    assert full[0].words and local[0].words
+    # Seconds, not frames: a TDT word may end up to 4 frames (0.32 s) past the audio; the engine clamps it.
+    assert all(0.0 <= start <= end <= 3.0 + 0.32 for _, start, end in full[0].words + local[0].words)
+    # 3 s is 38 encoder frames, inside local attention's 128-frame reach: the same words either way.
+    assert [w[0] for w in local[0].words] == [w[0] for w in full[0].words]
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
