@@ -47,7 +47,8 @@ once more by the shift), the content scores, their sum, the mask fills and the s
 
 CPU_LOCAL_ATTENTION_S = 30.0
 """On a CPU, local attention is as fast as full attention at 15 s and faster from 30 s on
-(1.25x at 60 s, 2.2x at 120 s, 3.9x at 300 s: full parakeet-tdt-0.6b-v2, fp32, 2 cores)."""
+(1.25-1.5x at 60 s, 2.0-2.2x at 120 s, 3.9-5.0x at 300 s: full parakeet-tdt-0.6b-v2, fp32, 2 cores,
+``bench/attention_crossover.py``)."""
 
 GPU_LOCAL_ATTENTION_S = 900.0
 """On a GPU, full attention (slightly more accurate) up to 15 minutes, as memory allows."""
