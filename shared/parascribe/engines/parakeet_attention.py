@@ -142,10 +142,13 @@ class AttentionPlanner:
             then the full-attention sub-batches.
         """
         order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
-        local = [i for i in order if self.is_local(lengths[i])]
+        local: list[int] = []
+        full: list[int] = []
+        for i in order:
+            (local if self.is_local(lengths[i]) else full).append(i)
         groups = [Group(local=True, ids=local)] if local else []
         current: list[int] = []
-        for i in (i for i in order if not self.is_local(lengths[i])):
+        for i in full:
             # Longest first, so a sub-batch pads to its first chunk's length.
             if current and not self._fits(lengths[current[0]], len(current) + 1):
                 groups.append(Group(local=False, ids=current))
