@@ -197,6 +197,8 @@ class Optimized:
         if count_flops:  # one chunk: a batch of equal chunks costs the same per second of audio
             engine.set_attention(planner.is_local(len(audio[0])))
             self.flops_per_audio_s = encoder_flops([audio[0]], engine.model, device, bf16)
+        # Leave the model in its own (full) attention: an engine built on it next takes that as its full mode.
+        engine.set_attention(False)
 
 
 def encoder_flops(audio: Sequence[np.ndarray], model: Any, device: torch.device, bf16: bool) -> float:
@@ -304,10 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # --- optimized_local: every chunk with local attention, where the optimized mode kept full attention ---
     if "full" in opt.modes and not args.no_local:
-        engine.set_attention(False)  # the next engine takes the model's current attention as its full mode
         local_engine = ParakeetEngine(model, device, bf16=bf16, long_audio_threshold_s=LOCAL_EVERYWHERE_S)
         local = Optimized(local_engine, chunks, batch_size, memory, warm, bf16, count_flops=False)
-        local_engine.set_attention(False)
         result.update({
             "seconds_optimized_local": round(local.seconds, 3),
             "rtfx_optimized_local": round(audio_s / local.seconds, 2),
@@ -322,7 +322,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif device.type != "cpu" or bf16:
         result["int8"] = "skipped: PARAKEET_CPU_INT8 applies only where the optimized mode runs fp32 on a CPU"
     else:
-        engine.set_attention(False)  # the next engine takes the model's current attention as its full mode
         start = time.perf_counter()
         int8_engine = ParakeetEngine(model, device, int8=True, long_audio_threshold_s=args.long_audio_threshold)
         quantize_s = time.perf_counter() - start
