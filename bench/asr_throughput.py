@@ -47,10 +47,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk
-from parascribe.engines.parakeet import ParakeetEngine
-from parascribe.engines.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
-from parascribe.engines.parakeet_runtime import choose_bf16, choose_device, cpu_supports_bf16
+from parascribe.audio import SAMPLE_RATE
+from parascribe.engines.base import AudioChunk
+from parascribe.engines.parakeet.engine import ParakeetEngine
+from parascribe.engines.parakeet.runtime import choose_bf16, choose_device, cpu_supports_bf16
+from tests.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
 
 QUICK = {"cpu": (45.0, 2, 2), "cuda": (600.0, 8, 8)}
 """--quick: (chunk seconds, chunks, batch size) per device kind."""

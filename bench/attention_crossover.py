@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from asr_throughput import PeakMemory, encode, report, synthetic_audio, timed
 
-from parascribe.engines.parakeet import ParakeetEngine
-from parascribe.engines.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
-from parascribe.engines.parakeet_runtime import choose_bf16, choose_device
+from parascribe.engines.parakeet.engine import ParakeetEngine
+from parascribe.engines.parakeet.runtime import choose_bf16, choose_device
+from tests.parakeet_arch import PARAKEET_TDT_0_6B_V2, build_tdt_model
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import load_settings
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk
-from parascribe.engines.parakeet import ParakeetEngine
-from parascribe.engines.parakeet_arch import TINY, build_tdt_model
+from parascribe.engines.base import AudioChunk
+from parascribe.engines.parakeet.engine import ParakeetEngine
+from tests.parakeet_arch import TINY, build_tdt_model
 
 WARM_UP = 50
 

@@ -26,7 +26,7 @@ from parascribe.contracts import (
     SourceRef,
     Word,
 )
-from parascribe.stitch import SegmentRules, stitch
+from parascribe.merger.stitch import SegmentRules, stitch
 
 CHUNK_S = 600.0
 OVERLAP_S = 2.0

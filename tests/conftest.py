@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from parascribe.bus import PubSubPublisher
+from parascribe.gcp.pubsub import PubSubPublisher
+from parascribe.gcp.storage import GcsStore
 from parascribe.local.emulators import Emulators, provision
-from parascribe.storage import GcsStore
 
 
 @pytest.fixture(scope="session")

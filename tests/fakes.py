@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 
 from parascribe.contracts import Contract
-from parascribe.storage import Blob, ObjectInfo
+from parascribe.gcp.storage import Blob, ObjectInfo
 
 
 class MemoryStore:
-    """A :class:`parascribe.storage.BlobStore` in memory, with GCS generation preconditions."""
+    """A :class:`parascribe.gcp.storage.BlobStore` in memory, with GCS generation preconditions."""
 
     def __init__(self) -> None:
         self._objects: dict[tuple[str, str], tuple[bytes, int, str, dict[str, str]]] = {}
@@ -64,7 +65,7 @@ class MemoryStore:
 
 
 class RecordingPublisher:
-    """A :class:`parascribe.bus.Publisher` that records what was published."""
+    """A :class:`parascribe.gcp.pubsub.Publisher` that records what was published."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, Contract, dict[str, str]]] = []
@@ -77,3 +78,22 @@ class RecordingPublisher:
 
     def on(self, topic: str) -> list[Contract]:
         return [m for t, m, _ in self.messages if t == topic]
+
+
+class RecordingExporter:
+    """A :class:`parascribe.metrics.MetricsExporter` that keeps every record."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, float, dict[str, str]]] = []
+        self._lock = threading.Lock()
+
+    def record(self, metric: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self.records.append((metric, value, dict(labels or {})))
+
+    def total(self, metric: str, **labels: str) -> float:
+        return sum(v for m, v, lab in self.records if m == metric and all(lab.get(k) == x for k, x in labels.items()))
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

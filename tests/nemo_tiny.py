@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from parascribe.engines.base import SAMPLE_RATE
+from parascribe.audio import SAMPLE_RATE
 
 
 def build_tiny_nemo(directory: Path, seed: int = 0) -> Path:
@@ -27,7 +27,7 @@ def build_tiny_nemo(directory: Path, seed: int = 0) -> Path:
     Returns:
         The path of the ``.nemo`` file.
     """
-    from parascribe.engines.parakeet_arch import TINY, build_tdt_model
+    from tests.parakeet_arch import TINY, build_tdt_model
 
     path = directory / "tiny-parakeet.nemo"
     if not path.exists():

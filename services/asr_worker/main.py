@@ -1,6 +1,6 @@
 """ASR worker entry point: ``python main.py`` pulls ``asr-gpu`` until SIGTERM.
 
-All logic lives in :mod:`parascribe.asr_worker`; this file only wires it up.
+All logic lives in :mod:`parascribe.asr`; this file only calls its ``build``.
 """
 
 from __future__ import annotations
@@ -9,18 +9,16 @@ import logging
 import sys
 
 from parascribe import logs
-from parascribe.asr_worker import build_worker
+from parascribe.asr.app import SERVICE, build
 from parascribe.config import get_settings
 from parascribe.errors import EngineUnavailableError
-
-SERVICE = "asr_worker"
 
 
 def main() -> int:
     settings = get_settings()
     logs.setup(SERVICE, settings.log_level)
     try:
-        worker = build_worker(settings)
+        worker = build(settings)
     except EngineUnavailableError as err:
         logging.getLogger(SERVICE).critical("cannot start: %s", err.reason)
         return 1

@@ -8,8 +8,8 @@ Locally it is served behind the ``router-push`` subscription::
 and in GCP it is a Cloud Functions gen2 function behind the same subscription
 (OIDC push; see infra/README.md for why not an Eventarc trigger). The router
 also accepts ``google.cloud.storage.object.v1.finalized`` events, should one be
-added. All logic lives in :mod:`parascribe.router`; this file only wires it up.
-Clients are built once per process, on the first event.
+added. All logic lives in :mod:`parascribe.router`; this file only calls its
+``build``, once per process, on the first event.
 """
 
 from __future__ import annotations
@@ -20,13 +20,9 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from parascribe import logs
-from parascribe.bus import PubSubPublisher
 from parascribe.config import get_settings
-from parascribe.jobs import JobStore
-from parascribe.router import Router, handle_cloudevent
-from parascribe.storage import GcsStore
-
-SERVICE = "router"
+from parascribe.router.app import SERVICE, build
+from parascribe.router.service import Router
 
 _router: Router | None = None
 _lock = threading.Lock()
@@ -38,14 +34,11 @@ def _get_router() -> Router:
         if _router is None:
             settings = get_settings()
             logs.setup(SERVICE, settings.log_level)
-            store = GcsStore.create(settings.gcp_project)
-            _router = Router(
-                settings, store, PubSubPublisher(settings.gcp_project), JobStore(store, settings.state_bucket)
-            )
+            _router = build(settings)
         return _router
 
 
 @functions_framework.cloud_event
 def handle_upload(event: CloudEvent) -> None:
     """Route one upload notification; raising makes the platform retry it."""
-    handle_cloudevent(_get_router(), event)
+    _get_router().handle_event(event)

@@ -36,8 +36,8 @@ def _stack_env() -> None:
 
 def _clients():  # type: ignore[no-untyped-def]
     from parascribe.config import load_settings
+    from parascribe.gcp.storage import GcsStore
     from parascribe.jobs import JobStore
-    from parascribe.storage import GcsStore
 
     _stack_env()
     settings = load_settings()
@@ -161,7 +161,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
-    from parascribe.webhook import redeliver
+    from parascribe.merger.webhook import redeliver
 
     settings, _, jobs = _clients()
     if not settings.convex_webhook_url:

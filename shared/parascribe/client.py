@@ -17,8 +17,8 @@ import google.cloud.storage as storage
 
 from parascribe.config import Settings
 from parascribe.contracts import JobStatus, make_job_id
+from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
-from parascribe.storage import GcsStore
 
 META_METHOD = "parascribe-method"
 META_DEADLINE = "parascribe-deadline-minutes"

@@ -14,9 +14,8 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from parascribe import names
+from parascribe.contracts import Method
 from parascribe.errors import ConfigError
-
-Method = Literal["auto", "gpu", "deepgram", "hybrid"]
 
 
 class Settings(BaseSettings):
@@ -60,6 +59,7 @@ class Settings(BaseSettings):
     offline_model_path: str | None = None
     source_cache_mb: float = Field(default=2048.0, gt=0)
     port: int = Field(default=8080, ge=0, le=65535)
+    host: str = Field(default="0.0.0.0", min_length=1)
 
     # --- Deepgram ---
     deepgram_api_key: SecretStr | None = None
@@ -126,11 +126,6 @@ class Settings(BaseSettings):
     def chunk_seconds(self) -> float:
         return self.chunk_duration_minutes * 60.0
 
-    def topic_path(self, topic: str) -> str:
-        return f"projects/{self.gcp_project}/topics/{topic}"
-
-    def subscription_path(self, sub: str) -> str:
-        return f"projects/{self.gcp_project}/subscriptions/{sub}"
 
 
 def _describe(err: ValidationError) -> str:

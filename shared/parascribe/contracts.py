@@ -19,7 +19,8 @@ from parascribe.errors import MalformedMessageError
 
 SCHEMA_VERSION = 1
 
-Path = Literal["gpu", "deepgram"]
+Route = Literal["gpu", "deepgram"]
+"""Where a chunk is transcribed: the GPU worker or Deepgram."""
 EngineName = Literal["parakeet", "offline", "deepgram"]
 JobState = Literal["queued", "transcribing", "done", "failed"]
 Method = Literal["auto", "gpu", "deepgram", "hybrid"]
@@ -34,10 +35,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Contract(BaseModel):
-    """Base of every contract: versioned, tolerant of unknown fields."""
+class Value(BaseModel):
+    """A value inside a contract (a word, a summary): no version of its own, tolerant of unknown fields."""
 
-    model_config = ConfigDict(extra="ignore", frozen=False)
+    model_config = ConfigDict(extra="ignore")
+
+
+class Contract(Value):
+    """Base of every message and stored record: versioned, tolerant of unknown fields."""
+
     schema_version: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
@@ -47,8 +53,8 @@ class Contract(BaseModel):
 C = TypeVar("C", bound=Contract)
 
 
-def decode(cls: type[C], data: bytes | str) -> C:
-    """Parse a message body into ``cls``.
+def parse(cls: type[C], data: bytes | str) -> C:
+    """Parse a message body or a stored record into ``cls``.
 
     Raises:
         MalformedMessageError: the body is not JSON or does not match ``cls``.
@@ -135,7 +141,7 @@ class ChunkSpec(Contract):
 
 
 class PlannedChunk(ChunkSpec):
-    path: Path
+    path: Route
 
 
 class JobManifest(Contract):
@@ -164,11 +170,11 @@ class ChunkTask(Contract):
     audio: AudioInfo
     chunk: ChunkSpec
     n_chunks: int = Field(ge=1)
-    path: Path
+    path: Route
     whole_file: bool = False
     """True when the chunk is the whole file: Deepgram then fetches it by signed URL."""
     fallback_reason: str | None = None
-    fallback_from: Path | None = None
+    fallback_from: Route | None = None
     submitted_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -180,11 +186,31 @@ class ChunkTask(Contract):
         """
         return None if self.chunk.index == self.n_chunks - 1 else self.chunk.end_s
 
+    def to_deepgram(self, reason: str) -> ChunkTask:
+        """This GPU task, sent to Deepgram instead because of ``reason``."""
+        return self.model_copy(update={
+            "path": "deepgram", "fallback_from": "gpu", "fallback_reason": reason, "submitted_at": utcnow(),
+        })
 
-class Word(Contract):
+
+def midpoint(start: float, end: float) -> float:
+    """The instant a word is judged by."""
+    return (start + end) / 2
+
+
+def in_span(mid: float, lo: float, hi: float) -> bool:
+    """The one ownership rule: a word belongs to the span ``[lo, hi)`` that holds its midpoint.
+
+    Chunks own words by their core spans, split halves by the seam, and a chunk's
+    result keeps only words spoken in its decoded span, all by this rule, so no word
+    is lost or doubled where two spans meet.
+    """
+    return lo <= mid < hi
+
+
+class Word(Value):
     """One word in file time. ``text`` is the punctuated display form."""
 
-    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     text: str
     start: float = Field(ge=0)
     end: float = Field(ge=0)
@@ -193,11 +219,10 @@ class Word(Contract):
 
     @property
     def mid(self) -> float:
-        return (self.start + self.end) / 2
+        return midpoint(self.start, self.end)
 
 
-class Segment(Contract):
-    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
+class Segment(Value):
     text: str
     start: float
     end: float
@@ -211,7 +236,7 @@ class ChunkResult(Contract):
     chunk_index: int = Field(ge=0)
     n_chunks: int = Field(ge=1)
     engine: EngineName
-    path: Path
+    path: Route
     words: list[Word] = Field(default_factory=list)
     audio_seconds: float = Field(ge=0)
     processing_seconds: float = Field(ge=0)
@@ -245,18 +270,16 @@ class JobFailed(Contract):
     source: SourceRef | None = None
 
 
-class WebhookState(Contract):
-    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
+class WebhookState(Value):
     state: Literal["none", "pending", "delivered", "webhook_failed", "disabled"] = "none"
     attempts: int = 0
     last_error: str | None = None
     delivered_at: datetime | None = None
 
 
-class JobSummary(Contract):
+class JobSummary(Value):
     """What a finished job amounted to: written on the status, sent in the webhook."""
 
-    schema_version: int = Field(default=SCHEMA_VERSION, exclude=True)
     duration_s: float = 0.0
     word_count: int = 0
     segment_count: int = 0
@@ -296,3 +319,24 @@ class JobStatus(Contract):
         if self.state == "transcribing":
             return f"transcribing {self.chunks_done}/{self.chunks_total}"
         return self.state
+
+
+class FinalOutcome(Contract):
+    """``jobs/<id>/final.json``: the claim on finishing a job, holding everything needed to complete it.
+
+    Whoever creates it sets the final status, sends the webhook and records the
+    metrics. If that process dies half-way, anyone may complete the job from here.
+    """
+
+    job_id: str
+    state: JobState
+    reason: str | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    engines: list[str] = Field(default_factory=list)
+    summary: JobSummary | None = None
+    source: SourceRef | None = None
+    chunks_done: int = 0
+    chunks_total: int = 0
+    created_at: datetime | None = None
+    finished_at: datetime
+    claimed_at: datetime

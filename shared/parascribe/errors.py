@@ -1,8 +1,14 @@
-"""One exception tree. Every error says whether retrying can help.
+"""One exception tree. An error's type alone says whether retrying can help.
 
-Edges map them: :class:`PermanentError` → ack and mark the job ``failed`` with
-``reason``; :class:`TransientError` → nack (HTTP 5xx for push) and let Pub/Sub
-retry, with the dead-letter topic catching what never succeeds.
+- :class:`PermanentError`: retrying cannot help. The edge acks the message and the job
+  ends ``failed`` with ``reason``.
+- :class:`TransientError`: retrying may help, because a dependency may recover or an
+  operator may fix a setting. The edge nacks (HTTP 5xx for push), Pub/Sub retries with
+  backoff, and the dead-letter topic catches what never succeeds.
+
+Every edge asks :func:`is_transient` and nothing else. An error this package did not
+raise on purpose counts as transient: a bug or an outage should be retried, not turn a
+user's job into a failure.
 """
 
 from __future__ import annotations
@@ -11,15 +17,9 @@ from __future__ import annotations
 class ParascribeError(Exception):
     """Base of every error this package raises on purpose."""
 
-    retryable: bool = False
-
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class ConfigError(ParascribeError):
-    """A setting is missing or wrong; fail at start-up."""
 
 
 class PermanentError(ParascribeError):
@@ -39,24 +39,33 @@ class MalformedMessageError(PermanentError):
 
 
 class TransientError(ParascribeError):
-    """A dependency failed in a way that may pass (5xx, timeout, quota)."""
-
-    retryable = True
+    """Retrying may help: a dependency failed (5xx, timeout, quota) or a setting must be fixed."""
 
 
-class EngineError(ParascribeError):
-    """The ASR engine failed on a batch or a chunk."""
+class ConfigError(TransientError):
+    """A setting is missing or wrong.
+
+    At start-up the process exits with this reason. Inside a request the message is
+    retried until someone fixes the setting, and never fails a user's job.
+    """
 
 
-class EngineOOMError(EngineError, TransientError):
+class DeepgramAuthError(TransientError):
+    """Deepgram rejected the key (401/402/403): retried until someone fixes ``DEEPGRAM_API_KEY``."""
+
+
+class EngineError(TransientError):
+    """The ASR engine failed on a batch or a chunk; a smaller batch or another path may succeed."""
+
+
+class EngineOOMError(EngineError):
     """The accelerator ran out of memory; a smaller batch may fit."""
 
 
-class EngineUnavailableError(EngineError, TransientError):
+class EngineUnavailableError(EngineError):
     """The engine could not be loaded or is not usable on this machine."""
 
 
-class DeepgramAuthError(ParascribeError):
-    """Deepgram rejected the key (401/403): a configuration problem, not the audio's."""
-
-    retryable = True
+def is_transient(err: BaseException) -> bool:
+    """Whether a message whose handling raised ``err`` should be retried (nack) rather than acked."""
+    return not isinstance(err, PermanentError)

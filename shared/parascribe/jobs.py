@@ -15,9 +15,9 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from parascribe.contracts import ChunkResult, JobManifest, JobStatus, decode, utcnow
+from parascribe.contracts import ChunkResult, FinalOutcome, JobManifest, JobStatus, parse, utcnow
 from parascribe.errors import TransientError
-from parascribe.storage import BlobStore
+from parascribe.gcp.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class JobStore:
 
     def manifest(self, job_id: str) -> JobManifest | None:
         blob = self._store.read(self._bucket, self._path(job_id, "manifest.json"))
-        return decode(JobManifest, blob.data) if blob else None
+        return parse(JobManifest, blob.data) if blob else None
 
     # --- chunk results ---
     def chunk_path(self, job_id: str, index: int) -> str:
@@ -74,13 +74,13 @@ class JobStore:
         for name in sorted(self._store.list(self._bucket, self._path(job_id, "chunks/"))):
             blob = self._store.read(self._bucket, name)
             if blob is not None:
-                out.append(decode(ChunkResult, blob.data))
+                out.append(parse(ChunkResult, blob.data))
         return sorted(out, key=lambda r: r.chunk_index)
 
     # --- status ---
     def status(self, job_id: str) -> JobStatus | None:
         blob = self._store.read(self._bucket, self._path(job_id, "status.json"))
-        return decode(JobStatus, blob.data) if blob else None
+        return parse(JobStatus, blob.data) if blob else None
 
     def update_status(
         self, job_id: str, change: Callable[[JobStatus | None], JobStatus | None]
@@ -94,7 +94,7 @@ class JobStore:
         path = self._path(job_id, "status.json")
         for _ in range(_CAS_ATTEMPTS):
             blob = self._store.read(self._bucket, path)
-            current = decode(JobStatus, blob.data) if blob else None
+            current = parse(JobStatus, blob.data) if blob else None
             new = change(current.model_copy(deep=True) if current else None)
             if new is None:
                 return current
@@ -107,9 +107,15 @@ class JobStore:
         raise TransientError(f"status of {job_id} kept changing under us ({_CAS_ATTEMPTS} attempts)")
 
     # --- finalisation ---
-    def claim_final(self, job_id: str, body: bytes) -> bool:
+    def claim_final(self, outcome: FinalOutcome) -> bool:
         """Create the final marker. True for exactly one caller per job."""
-        return self._store.write(self._bucket, self._path(job_id, "final.json"), body, if_generation_match=0) is not None
+        path = self._path(outcome.job_id, "final.json")
+        return self._store.write(self._bucket, path, outcome.to_bytes(), if_generation_match=0) is not None
+
+    def final_outcome(self, job_id: str) -> FinalOutcome | None:
+        """The claim on finishing the job, or None while nobody has claimed it."""
+        blob = self._store.read(self._bucket, self._path(job_id, "final.json"))
+        return parse(FinalOutcome, blob.data) if blob else None
 
     def is_final(self, job_id: str) -> bool:
         return self._store.info(self._bucket, self._path(job_id, "final.json")) is not None
@@ -121,6 +127,6 @@ class JobStore:
         for name in names:
             blob = self._store.read(self._bucket, name)
             if blob is not None:
-                statuses.append(decode(JobStatus, blob.data))
+                statuses.append(parse(JobStatus, blob.data))
         statuses.sort(key=lambda s: s.created_at or datetime.min, reverse=True)
         return statuses[:limit]

@@ -30,12 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from parascribe import metric_names as mn
-
-if TYPE_CHECKING:
-    from parascribe.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -255,17 +252,6 @@ class LocalExporter:
         return None
 
 
-def exporter_from_settings(settings: Settings, service: str = "merger") -> MetricsExporter:
-    """The exporter ``METRICS_EXPORTER`` asks for (cloud exporters start their flush timer)."""
-    if settings.metrics_exporter == "none":
-        return NullExporter()
-    if settings.metrics_exporter == "local":
-        return LocalExporter(settings.metrics_local_path, service=service)
-    from parascribe.metrics_cloud import CloudMonitoringExporter
-
-    return CloudMonitoringExporter.from_settings(settings, service=service).start()
-
-
 def _short(metric: str) -> str:
     return metric.removeprefix(mn.PREFIX + "/")
 
@@ -318,21 +304,3 @@ def summarise_local(path: str | Path) -> str:
     if skipped:
         lines.append(f"({skipped} unreadable lines skipped)")
     return "\n".join(lines)
-
-
-
-class EventSource(Protocol):
-    """A counter that announces increments (``parascribe.engines.deepgram.auth_errors`` is one)."""
-
-    metric: str
-
-    def subscribe(self, listener: Callable[[int], None]) -> None: ...
-
-
-def forward_events(source: EventSource, exporter: MetricsExporter, labels: Mapping[str, str] | None = None) -> None:
-    """Record every future increment of ``source`` under its metric type.
-
-    A service wires it once at start-up, e.g. the Deepgram worker:
-    ``forward_events(deepgram.auth_errors, exporter_from_settings(settings, "deepgram_worker"))``.
-    """
-    source.subscribe(lambda n: exporter.record(source.metric, float(n), labels))

@@ -63,6 +63,16 @@ TOPICS: tuple[str, ...] = (
 BUCKETS: tuple[str, ...] = (BUCKET_UPLOADS, BUCKET_TRANSCRIPTS, BUCKET_STATE, BUCKET_MODELS)
 
 
+def topic_path(project: str, topic: str) -> str:
+    """The full resource name of a topic."""
+    return f"projects/{project}/topics/{topic}"
+
+
+def subscription_path(project: str, subscription: str) -> str:
+    """The full resource name of a subscription."""
+    return f"projects/{project}/subscriptions/{subscription}"
+
+
 def bucket_name(base: str, prefix: str = "") -> str:
     """The real bucket name for ``base`` under an optional deployment prefix."""
     return f"{prefix}-{base}" if prefix else base

@@ -19,8 +19,8 @@ import pytest
 import soundfile as sf
 
 from parascribe import names
-from parascribe.asr_worker import AsrWorker, build_worker
-from parascribe.bus import PubSubPublisher
+from parascribe.asr.app import build
+from parascribe.asr.worker import AsrWorker
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -30,11 +30,12 @@ from parascribe.contracts import (
     ChunkSpec,
     ChunkTask,
     SourceRef,
-    decode,
+    parse,
 )
-from parascribe.decode import SourceCache
+from parascribe.gcp.pubsub import PubSubPublisher
+from parascribe.gcp.source_cache import SourceCache
+from parascribe.gcp.storage import GcsStore
 from parascribe.local.emulators import Emulators, free_port
-from parascribe.storage import GcsStore
 from tests.speech import speak, word_error_rate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -89,7 +90,7 @@ def two_chunks(source: SourceRef, second_at: float, duration: float, job_id: str
 
 def pull(settings: Settings, sub_name: str, want: int, timeout_s: float = 90.0) -> list[tuple[bytes, dict[str, str]]]:
     subscriber = pubsub_v1.SubscriberClient()
-    sub = settings.subscription_path(sub_name)
+    sub = names.subscription_path(settings.gcp_project, sub_name)
     out: list[tuple[bytes, dict[str, str]]] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -117,7 +118,7 @@ def health(port: int) -> int:
 
 @pytest.fixture
 def running(settings: Settings, tmp_path: Path) -> Iterator[AsrWorker]:
-    worker = build_worker(settings, cache_dir=tmp_path / "sources", health_port=0)
+    worker = build(settings, cache_dir=tmp_path / "sources", health_port=0)
     worker.start()
     yield worker
     worker.stop(timeout_s=30)
@@ -138,7 +139,7 @@ def test_worker_transcribes_chunks_into_file_time(settings: Settings, store: Gcs
     results = {}
     for body, attrs in got:
         assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
-        res = decode(ChunkResult, body)
+        res = parse(ChunkResult, body)
         results[res.chunk_index] = res
     first, second = results[0], results[1]
     for task, res in zip(tasks, (first, second), strict=True):
@@ -166,7 +167,7 @@ def test_worker_without_an_engine_forwards_to_deepgram(settings: Settings, store
         publisher = PubSubPublisher(settings.gcp_project)
         for t in two_chunks(source, second_at, duration, "j-asr-forward"):
             publisher.publish(names.TOPIC_ASR_GPU, t)
-        got = [decode(ChunkTask, body) for body, _ in pull(settings, names.SUB_ASR_DEEPGRAM, want=2)]
+        got = [parse(ChunkTask, body) for body, _ in pull(settings, names.SUB_ASR_DEEPGRAM, want=2)]
     finally:
         worker.stop(timeout_s=30)
     assert sorted(t.chunk.index for t in got) == [0, 1]
@@ -195,7 +196,7 @@ def test_service_entry_point_serves_and_stops_on_sigterm(settings: Settings, sto
         [task] = two_chunks(source, second_at, duration, "j-asr-entry")[1:]
         PubSubPublisher(settings.gcp_project).publish(names.TOPIC_ASR_GPU, task)
         [(body, _)] = pull(settings, names.SUB_MERGER, want=1)
-        res = decode(ChunkResult, body)
+        res = parse(ChunkResult, body)
         assert res.chunk_index == 1 and res.engine == "offline"
         assert word_error_rate(SECOND, " ".join([w.text for w in res.words])) <= 0.35
         proc.send_signal(signal.SIGTERM)

@@ -19,7 +19,6 @@ from pydantic import SecretStr
 from werkzeug.serving import make_server
 
 from parascribe import names
-from parascribe.bus import PubSubPublisher
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -29,12 +28,13 @@ from parascribe.contracts import (
     ChunkSpec,
     ChunkTask,
     SourceRef,
-    decode,
+    parse,
 )
-from parascribe.deepgram_worker import build_worker, create_app
+from parascribe.deepgram.app import build_worker, create_app
+from parascribe.gcp.pubsub import PubSubPublisher
+from parascribe.gcp.storage import GcsStore
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
-from parascribe.storage import GcsStore
 from tests.service_entry import load_service_main
 from tests.speech import speak, word_error_rate
 
@@ -91,7 +91,7 @@ def push(client: FlaskClient, t: ChunkTask) -> int:
 
 def pull_results(settings: Settings, want: int = 1, timeout_s: float = 30.0) -> list[tuple[ChunkResult, dict[str, str]]]:
     subscriber = pubsub_v1.SubscriberClient()
-    sub = settings.subscription_path(names.SUB_MERGER)
+    sub = names.subscription_path(settings.gcp_project, names.SUB_MERGER)
     out: list[tuple[ChunkResult, dict[str, str]]] = []
     try:
         for _ in range(10):
@@ -100,7 +100,7 @@ def pull_results(settings: Settings, want: int = 1, timeout_s: float = 30.0) -> 
                 subscriber.acknowledge(request={"subscription": sub,
                                                 "ack_ids": [m.ack_id for m in resp.received_messages]})
             for m in resp.received_messages:
-                out.append((decode(ChunkResult, m.message.data), dict(m.message.attributes)))
+                out.append((parse(ChunkResult, m.message.data), dict(m.message.attributes)))
             if len(out) >= want:
                 break
     finally:

@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from parascribe.contracts import ChunkResult, JobStatus, Word
+from parascribe.contracts import ChunkResult, FinalOutcome, JobStatus, Word, utcnow
+from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import Emulators
-from parascribe.storage import GcsStore
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,8 @@ def test_exactly_one_racer_claims_final(jobs: JobStore) -> None:
 
     def racer() -> None:
         barrier.wait()
-        wins.append(jobs.claim_final("jrace", b"{}"))
+        wins.append(jobs.claim_final(FinalOutcome(job_id="jrace", state="done", finished_at=utcnow(),
+                                                  claimed_at=utcnow())))
 
     threads = [threading.Thread(target=racer) for _ in range(8)]
     for t in threads:

@@ -16,19 +16,20 @@ from werkzeug.serving import make_server
 
 from parascribe import metric_names as mn
 from parascribe import names
-from parascribe.bus import PubSubPublisher
 from parascribe.config import Settings
-from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkTask, JobStatus, decode
-from parascribe.formats import FORMATS
+from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkTask, JobStatus, parse
+from parascribe.gcp.pubsub import Message, PubSubPublisher
+from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
-from parascribe.merger import Merger, build_merger
-from parascribe.metrics import MetricsExporter, summarise_local
-from parascribe.pushapp import PushMessage, create_app
-from parascribe.storage import GcsStore
-from parascribe.webhook import WebhookNotifier, verify
+from parascribe.merger.app import build
+from parascribe.merger.formats import FORMATS
+from parascribe.merger.service import Merger
+from parascribe.merger.webhook import WebhookNotifier, verify
+from parascribe.metrics import summarise_local
+from tests.fakes import RecordingExporter
 from tests.service_entry import load_service_main
-from tests.unit.test_merger import SECRET, Job, RecordingExporter, task_for
+from tests.unit.test_merger import SECRET, Job, task_for
 from tests.unit.test_webhook import Receiver
 
 pytestmark = pytest.mark.integration
@@ -83,8 +84,8 @@ class Served:
 
 def test_results_pushed_by_the_emulator_finish_the_job(settings: Settings, store: GcsStore,
                                                       receiver: Receiver) -> None:
-    merger, exporter = build_merger(settings)
-    served = Served(create_app("merger", merger.routes()))
+    service = build(settings)
+    served = Served(service.app)
     try:
         provision(settings, push_endpoints={"merger": served.url})
         jobs = JobStore(store, settings.state_bucket)
@@ -96,7 +97,7 @@ def test_results_pushed_by_the_emulator_finish_the_job(settings: Settings, store
         time.sleep(1.0)  # let any duplicate push land before counting deliveries
     finally:
         served.close()
-        exporter.close()
+        service.close()
     assert status.state == "done" and status.webhook.state == "delivered"
     assert set(status.outputs) == set(FORMATS)
     for uri in status.outputs.values():
@@ -126,9 +127,9 @@ def test_two_mergers_on_real_gcs_deliver_once(settings: Settings, store: GcsStor
         notifier = WebhookNotifier(settings, jobs, exp)
         mergers.append(Merger(settings, store, jobs, PubSubPublisher(settings.gcp_project), exp, notifier))
     job = Job(jobs, n_chunks=2, name="race.wav")
-    msg = PushMessage(data=job.results[0].to_bytes(), attributes={ATTR_TYPE: TYPE_CHUNK_RESULT})
+    msg = Message(data=job.results[0].to_bytes(), attributes={ATTR_TYPE: TYPE_CHUNK_RESULT})
     mergers[0].handle_results(msg)
-    last = PushMessage(data=job.results[1].to_bytes(), attributes={ATTR_TYPE: TYPE_CHUNK_RESULT})
+    last = Message(data=job.results[1].to_bytes(), attributes={ATTR_TYPE: TYPE_CHUNK_RESULT})
     barrier = threading.Barrier(len(mergers))
     errors: list[BaseException] = []
 
@@ -159,7 +160,7 @@ def nack_until_forwarded(settings: Settings, from_sub: str, to_sub: str,
     attempt after the last allowed one, so pulling continues past the limit.
     """
     subscriber = pubsub_v1.SubscriberClient()
-    src, dst = settings.subscription_path(from_sub), settings.subscription_path(to_sub)
+    src, dst = names.subscription_path(settings.gcp_project, from_sub), names.subscription_path(settings.gcp_project, to_sub)
     nacks = 0
     try:
         deadline = time.monotonic() + timeout_s
@@ -180,8 +181,8 @@ def nack_until_forwarded(settings: Settings, from_sub: str, to_sub: str,
 
 
 def test_gpu_task_dead_lettered_by_the_emulator_falls_back_to_deepgram(settings: Settings, store: GcsStore) -> None:
-    merger, exporter = build_merger(settings)
-    served = Served(create_app("merger", merger.routes()))
+    service = build(settings)
+    served = Served(service.app)
     try:
         provision(settings, push_endpoints={"merger": served.url})
         jobs = JobStore(store, settings.state_bucket)
@@ -191,11 +192,11 @@ def test_gpu_task_dead_lettered_by_the_emulator_falls_back_to_deepgram(settings:
         nacks, received = nack_until_forwarded(settings, names.SUB_ASR_GPU, names.SUB_ASR_DEEPGRAM)
     finally:
         served.close()
-        exporter.close()
+        service.close()
     sub = next(s for s in names.SUBSCRIPTIONS if s.name == names.SUB_ASR_GPU)
     assert nacks == sub.max_delivery_attempts
     assert len(received) == 1, "the dead-lettered GPU task was republished to asr-deepgram once"
-    fallback = decode(ChunkTask, received[0].message.data)
+    fallback = parse(ChunkTask, received[0].message.data)
     assert fallback.path == "deepgram" and fallback.fallback_from == "gpu" and fallback.chunk.index == 0
     assert fallback.fallback_reason == f"dead-lettered on gpu after {sub.max_delivery_attempts} attempts"
     assert received[0].message.attributes["job_id"] == job.job_id
@@ -216,10 +217,9 @@ def test_service_entry_point(settings: Settings, store: GcsStore, receiver: Rece
     job = Job(jobs, n_chunks=1, name="entry.wav")
     envelope = {"message": {"data": base64.b64encode(job.results[0].to_bytes()).decode(), "messageId": "1",
                             "attributes": {ATTR_TYPE: TYPE_CHUNK_RESULT}},
-                "subscription": settings.subscription_path(names.SUB_MERGER)}
+                "subscription": names.subscription_path(settings.gcp_project, names.SUB_MERGER)}
     assert client.post("/pubsub", json=envelope).status_code == 204
     status = final_status(jobs, job.job_id, timeout_s=10)
     assert status.state == "done" and status.webhook.state == "delivered"
-    exporter: MetricsExporter = module.exporter
-    exporter.close()
+    module.service.close()
     assert "status=done" in summarise_local(settings.metrics_local_path)

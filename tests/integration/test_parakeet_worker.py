@@ -1,7 +1,7 @@
 """The tiny Parakeet through the production loading code and the real worker batcher, on the real emulators.
 
 ``ASR_ENGINE=parakeet`` with ``PARAKEET_MODEL_NAME`` pointing at a tiny ``.nemo``
-built at test time: ``build_worker`` loads it through engine selection and
+built at test time: ``parascribe.asr.app.build`` loads it through engine selection and
 ``ParakeetEngine.from_settings``, exactly as the service does. The model's
 weights are random, so the test checks structure: one batch, results on the
 results topic, words with timestamps in file time.
@@ -19,8 +19,9 @@ import pytest
 import soundfile as sf
 
 from parascribe import names
-from parascribe.asr_worker import AsrWorker, build_worker
-from parascribe.bus import PubSubPublisher
+from parascribe.asr.app import build
+from parascribe.asr.worker import AsrWorker
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -30,11 +31,11 @@ from parascribe.contracts import (
     ChunkSpec,
     ChunkTask,
     SourceRef,
-    decode,
+    parse,
 )
-from parascribe.engines.base import SAMPLE_RATE
+from parascribe.gcp.pubsub import PubSubPublisher
+from parascribe.gcp.storage import GcsStore
 from parascribe.local.emulators import Emulators
-from parascribe.storage import GcsStore
 from tests.nemo_tiny import build_tiny_nemo, noise
 
 pytestmark = [pytest.mark.integration, pytest.mark.nemo, pytest.mark.timeout(240)]
@@ -58,7 +59,7 @@ def settings(emulators: Emulators, tiny_nemo: Path) -> Settings:
 
 @pytest.fixture
 def running(settings: Settings, tmp_path: Path) -> Iterator[AsrWorker]:
-    worker = build_worker(settings, cache_dir=tmp_path / "sources", health_port=0)
+    worker = build(settings, cache_dir=tmp_path / "sources", health_port=0)
     worker.start()
     yield worker
     worker.stop(timeout_s=30)
@@ -76,7 +77,7 @@ def upload_noise(store: GcsStore, settings: Settings) -> SourceRef:
 
 def pull_results(settings: Settings, want: int, timeout_s: float = 120.0) -> list[ChunkResult]:
     subscriber = pubsub_v1.SubscriberClient()
-    sub = settings.subscription_path(names.SUB_MERGER)
+    sub = names.subscription_path(settings.gcp_project, names.SUB_MERGER)
     out: list[ChunkResult] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -88,7 +89,7 @@ def pull_results(settings: Settings, want: int, timeout_s: float = 120.0) -> lis
                                                 "ack_ids": [m.ack_id for m in resp.received_messages]})
             for m in resp.received_messages:
                 assert m.message.attributes[ATTR_TYPE] == TYPE_CHUNK_RESULT
-                out.append(decode(ChunkResult, m.message.data))
+                out.append(parse(ChunkResult, m.message.data))
     finally:
         subscriber.close()
     return out

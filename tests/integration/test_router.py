@@ -28,11 +28,11 @@ from google.cloud import pubsub_v1
 
 from parascribe import names
 from parascribe.config import Settings, get_settings
-from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, decode, make_job_id
+from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, make_job_id, parse
+from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import Emulators
-from parascribe.router import published_marker
-from parascribe.storage import GcsStore
+from parascribe.router.service import published_marker
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +73,9 @@ class Tap:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.subscriber = pubsub_v1.SubscriberClient()
-        self.path = settings.subscription_path(f"test-router-{topic}-{uuid.uuid4().hex[:8]}")
+        self.path = names.subscription_path(settings.gcp_project, f"test-router-{topic}-{uuid.uuid4().hex[:8]}")
         self.subscriber.create_subscription(
-            request={"name": self.path, "topic": settings.topic_path(topic), "ack_deadline_seconds": 30}
+            request={"name": self.path, "topic": names.topic_path(settings.gcp_project, topic), "ack_deadline_seconds": 30}
         )
 
     def pull(self, match: Callable[[Message], bool], want: int, timeout_s: float = 20.0) -> list[Message]:
@@ -132,7 +132,7 @@ def upload_and_get_notification(store: GcsStore, settings: Settings, taps: dict[
             "messageId": message.message_id,
             "publishTime": message.publish_time.isoformat(),
         },
-        "subscription": settings.subscription_path(names.SUB_ROUTER),
+        "subscription": names.subscription_path(settings.gcp_project, names.SUB_ROUTER),
     }
     return name, body
 
@@ -160,7 +160,7 @@ def test_upload_notification_becomes_a_manifest_and_gpu_tasks(
     status = jobs.status(job_id)
     assert status is not None and (status.state, status.chunks_total) == ("queued", 3)
 
-    tasks = [decode(ChunkTask, m.data)
+    tasks = [parse(ChunkTask, m.data)
              for m in taps[names.TOPIC_ASR_GPU].pull(lambda m: m.attributes.get("job_id") == job_id, want=3)]
     assert sorted(t.chunk.index for t in tasks) == [0, 1, 2]
     by_index = {t.chunk.index: t for t in tasks}
@@ -182,7 +182,7 @@ def test_object_metadata_asks_for_deepgram_on_the_whole_file(
     job_id = job_id_of(settings, body)
     assert client.post("/", json=body).status_code == 200
     [message] = taps[names.TOPIC_ASR_DEEPGRAM].pull(lambda m: m.attributes.get("job_id") == job_id, want=1)
-    task = decode(ChunkTask, message.data)
+    task = parse(ChunkTask, message.data)
     assert task.whole_file and task.path == "deepgram" and task.n_chunks == 1
     assert (task.chunk.start_s, task.chunk.end_s) == (0.0, pytest.approx(40.0))
     manifest = JobStore(store, settings.state_bucket).manifest(job_id)
@@ -199,7 +199,7 @@ def test_bad_upload_fails_the_job_and_reports_it_to_the_merger(
 
     [message] = taps[names.TOPIC_ASR_RESULTS].pull(lambda m: m.attributes.get("job_id") == job_id, want=1)
     assert message.attributes[ATTR_TYPE] == TYPE_JOB_FAILED
-    failed = decode(JobFailed, message.data)
+    failed = parse(JobFailed, message.data)
     assert failed.reason.startswith("not a readable audio file: found a text file")
     status = JobStore(store, settings.state_bucket).status(job_id)
     assert status is not None and status.state == "failed" and status.reason == failed.reason
@@ -209,6 +209,6 @@ def test_malformed_push_is_acked(client: FlaskClient, settings: Settings) -> Non
     body = {
         "message": {"data": base64.b64encode(b"not json").decode(), "messageId": "m-1",
                     "attributes": {"eventType": "OBJECT_FINALIZE", "bucketId": settings.uploads_bucket}},
-        "subscription": settings.subscription_path(names.SUB_ROUTER),
+        "subscription": names.subscription_path(settings.gcp_project, names.SUB_ROUTER),
     }
     assert client.post("/", json=body).status_code == 200

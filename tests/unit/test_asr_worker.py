@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 
 from parascribe import names
-from parascribe.asr_worker import AsrWorker, Inbound, Outcome
+from parascribe.asr.worker import AsrWorker, Outcome
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import Settings, load_settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -33,14 +34,15 @@ from parascribe.contracts import (
     SourceRef,
     Word,
 )
-from parascribe.decode import SourceCache
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
+from parascribe.engines.base import AudioChunk, EngineOutput
 from parascribe.errors import (
     EngineError,
     EngineOOMError,
     EngineUnavailableError,
     TransientError,
 )
+from parascribe.gcp.pubsub import Message
+from parascribe.gcp.source_cache import SourceCache
 from tests.fakes import MemoryStore, RecordingPublisher
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,8 +137,8 @@ def tasks_for(source: SourceRef, n: int, job: str = "jtest", chunk_s: float = 2.
     return out
 
 
-def inbound(tasks: Sequence[ChunkTask]) -> list[Inbound]:
-    return [Inbound(message_id=f"m{t.job_id}-{t.chunk.index}", data=t.to_bytes()) for t in tasks]
+def inbound(tasks: Sequence[ChunkTask]) -> list[Message]:
+    return [Message(message_id=f"m{t.job_id}-{t.chunk.index}", data=t.to_bytes()) for t in tasks]
 
 
 @pytest.fixture
@@ -333,7 +335,7 @@ def test_span_after_the_end_of_audio_is_an_error_result(make_worker: Any, source
 def test_malformed_messages_are_acked_and_dropped(make_worker: Any, source: SourceRef) -> None:
     pub = RecordingPublisher()
     worker = make_worker(FakeEngine(), pub)
-    msgs = [Inbound("bad1", b"{not json"), Inbound("bad2", b'{"job_id": "x"}'), *inbound(tasks_for(source, 1))]
+    msgs = [Message(message_id="bad1", data=b"{not json"), Message(message_id="bad2", data=b'{"job_id": "x"}'), *inbound(tasks_for(source, 1))]
     outcomes = worker.process_batch(msgs)
     assert [(o.message_id, o.action, o.kind) for o in outcomes] == [
         ("bad1", "ack", "malformed"), ("bad2", "ack", "malformed"), ("mjtest-0", "ack", "result")]
@@ -465,7 +467,7 @@ def test_stop_finishes_the_batch_in_hand_and_nacks_the_queue(make_worker: Any, s
 
 
 class FakeMessage:
-    def __init__(self, msg: Inbound, settled: list[tuple[str, str]]) -> None:
+    def __init__(self, msg: Message, settled: list[tuple[str, str]]) -> None:
         self.message_id, self.data, self.attributes = msg.message_id, msg.data, {"k": "v"}
         self.delivery_attempt = 1
         self._settled = settled
@@ -562,7 +564,7 @@ class StubOffline:
 
 
 class StubParakeetModule:
-    """Stands in for parascribe.engines.parakeet (brief D's module) at the boundary select.py uses."""
+    """Stands in for parascribe.engines.parakeet.engine (brief D's module) at the boundary select.py uses."""
 
     def __init__(self, available: bool, loads: bool = True) -> None:
         self.available = available
@@ -629,6 +631,6 @@ def test_select_auto_with_the_real_parakeet_module_and_no_weights(stub_offline: 
 
     module = select._parakeet_module()
     if module is None:
-        pytest.skip("parascribe.engines.parakeet is not importable here")
+        pytest.skip("parascribe.engines.parakeet.engine is not importable here")
     engine = select.load_engine(settings(asr_engine="auto", parakeet_model_name="/definitely/missing.nemo"))
     assert engine.name == "offline"

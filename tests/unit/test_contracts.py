@@ -13,8 +13,8 @@ from parascribe.contracts import (
     JobStatus,
     SourceRef,
     Word,
-    decode,
     make_job_id,
+    parse,
 )
 from parascribe.errors import MalformedMessageError
 
@@ -37,7 +37,7 @@ def test_chunk_task_round_trips_and_carries_its_version() -> None:
     )
     raw = task.to_bytes()
     assert b'"schema_version":%d' % SCHEMA_VERSION in raw
-    back = decode(ChunkTask, raw)
+    back = parse(ChunkTask, raw)
     assert back == task
     assert back.chunk.duration_s == 19
     assert back.decode_end_s == 32
@@ -50,7 +50,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
         b'{"schema_version":1,"job_id":"j1","chunk_index":0,"n_chunks":1,"engine":"deepgram","path":"deepgram",'
         b'"audio_seconds":1,"processing_seconds":0.5,"added_in_a_later_release":true}'
     )
-    assert decode(ChunkResult, raw).engine == "deepgram"
+    assert parse(ChunkResult, raw).engine == "deepgram"
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 )
 def test_malformed_messages_raise_a_permanent_error(raw: bytes, phrase: str) -> None:
     with pytest.raises(MalformedMessageError, match=phrase):
-        decode(ChunkResult, raw)
+        parse(ChunkResult, raw)
 
 
 def test_newer_schema_version_is_rejected_clearly() -> None:
@@ -74,7 +74,7 @@ def test_newer_schema_version_is_rejected_clearly() -> None:
     from parascribe.contracts import JobFailed
 
     with pytest.raises(MalformedMessageError, match="newer"):
-        decode(JobFailed, raw)
+        parse(JobFailed, raw)
 
 
 def test_word_midpoint_and_status_progress() -> None:

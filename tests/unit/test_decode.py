@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from parascribe.audio import SAMPLE_RATE, decode_bytes, decode_file
 from parascribe.contracts import SourceRef
-from parascribe.decode import SourceCache, decode_bytes, decode_file
-from parascribe.engines.base import SAMPLE_RATE
 from parascribe.errors import BadAudioError
+from parascribe.gcp.source_cache import SourceCache
 from tests.fakes import MemoryStore
 from tests.speech import speak
 

@@ -17,9 +17,10 @@ from pydantic import SecretStr
 
 from parascribe import metric_names
 from parascribe.config import Settings, load_settings
-from parascribe.engines.deepgram import DeepgramTranscriber, auth_errors, build_client, classify, normalise
+from parascribe.deepgram.client import DeepgramTranscriber, build_client, classify, normalise
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
+from tests.fakes import RecordingExporter
 from tests.speech import speak, word_error_rate
 
 KEY = "test-key-0123456789"
@@ -129,16 +130,11 @@ def test_wrong_key_is_an_auth_error_counted_and_never_logged(
     server: RunningServer, speech: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     wrong = "wrong-secret-key-42"
-    seen: list[int] = []
-    auth_errors.subscribe(seen.append)
-    before = auth_errors.value
-    try:
-        with caplog.at_level(logging.DEBUG), pytest.raises(DeepgramAuthError, match="401"):
-            DeepgramTranscriber(settings_for(server, deepgram_api_key=SecretStr(wrong))).transcribe_bytes(speech)
-    finally:
-        auth_errors.unsubscribe(seen.append)
-    assert auth_errors.value == before + 1 and seen == [1]
-    assert auth_errors.metric == metric_names.DEEPGRAM_AUTH_ERRORS
+    exporter = RecordingExporter()
+    transcriber = DeepgramTranscriber(settings_for(server, deepgram_api_key=SecretStr(wrong)), exporter=exporter)
+    with caplog.at_level(logging.DEBUG), pytest.raises(DeepgramAuthError, match="401"):
+        transcriber.transcribe_bytes(speech)
+    assert exporter.records == [(metric_names.DEEPGRAM_AUTH_ERRORS, 1.0, {})]
     assert any(r.levelno >= logging.ERROR and "AUTHENTICATION" in r.getMessage() for r in caplog.records)
     assert all(wrong not in r.getMessage() and KEY not in r.getMessage() for r in caplog.records)
 

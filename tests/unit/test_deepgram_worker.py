@@ -23,12 +23,14 @@ from pydantic import SecretStr
 from parascribe import names
 from parascribe.config import Settings, load_settings
 from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, AudioInfo, ChunkResult, ChunkSpec, ChunkTask, SourceRef
-from parascribe.decode import SourceCache
-from parascribe.deepgram_worker import DeepgramWorker, create_app, emulator_signer
-from parascribe.engines.deepgram import DeepgramTranscriber, DeepgramTranscript
+from parascribe.deepgram.app import create_app
+from parascribe.deepgram.client import DeepgramTranscriber, DeepgramTranscript
+from parascribe.deepgram.worker import DeepgramWorker
 from parascribe.errors import TransientError
+from parascribe.gcp.pubsub import Message
+from parascribe.gcp.source_cache import SourceCache
+from parascribe.gcp.storage import GcsStore
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
-from parascribe.pushapp import PushMessage
 from tests.fakes import MemoryStore, RecordingPublisher
 from tests.speech import speak, word_error_rate
 
@@ -168,7 +170,7 @@ def test_chunk_span_is_cut_encoded_and_transcribed_in_file_time(
     total = duration_of(padded_speech)
     source = rig.upload("talk.wav", padded_speech)
     start = 2.0
-    rig.worker.handle(PushMessage(data=task_for(source, total, start=start, fallback_reason="gpu_timeout").to_bytes()))
+    rig.worker.handle(Message(data=task_for(source, total, start=start, fallback_reason="gpu_timeout").to_bytes()))
 
     [(result, attrs)] = rig.results()
     assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
@@ -188,7 +190,7 @@ def test_chunk_span_is_cut_encoded_and_transcribed_in_file_time(
 def test_whole_file_goes_by_signed_url(rig: Rig, server: RunningServer, padded_speech: bytes) -> None:
     total = duration_of(padded_speech)
     source = rig.upload("whole.wav", padded_speech)
-    rig.worker.handle(PushMessage(data=task_for(source, total, whole_file=True).to_bytes()))
+    rig.worker.handle(Message(data=task_for(source, total, whole_file=True).to_bytes()))
 
     [(result, _)] = rig.results()
     assert len(rig.signed) == 1 and "/uploads/whole.wav" in rig.signed[0]
@@ -286,7 +288,7 @@ def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -
     worker = DeepgramWorker(settings, slow, store, publisher, SourceCache(store, tmp_path, 1 << 20),
                             signer=lambda source, expires: "http://unused.invalid/x")
     source = SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1)
-    msg = PushMessage(data=task_for(source, 1.0, whole_file=True).to_bytes())
+    msg = Message(data=task_for(source, 1.0, whole_file=True).to_bytes())
     threads = [threading.Thread(target=worker.handle, args=(msg,)) for _ in range(6)]
     for t in threads:
         t.start()
@@ -301,7 +303,7 @@ def test_no_free_slot_in_time_is_transient(tmp_path: Path) -> None:
     settings = load_settings(deepgram_max_concurrency=1, deepgram_timeout_seconds=0.2, storage_emulator_host=None)
     worker = DeepgramWorker(settings, SlowTranscriber(1.0), store, publisher, SourceCache(store, tmp_path, 1 << 20),
                             signer=lambda source, expires: "http://unused.invalid/x")
-    msg = PushMessage(data=task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0,
+    msg = Message(data=task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0,
                                     whole_file=True).to_bytes())
     busy = threading.Thread(target=worker.handle, args=(msg,))
     busy.start()
@@ -312,9 +314,9 @@ def test_no_free_slot_in_time_is_transient(tmp_path: Path) -> None:
     assert len(publisher.messages) == 1
 
 
-def test_emulator_signer_points_at_the_emulator_and_pins_the_generation() -> None:
-    sign = emulator_signer("parascribe-local", "127.0.0.1:4443")
-    url = sign(SourceRef(bucket="uploads", name="a b/c.wav", generation="17", size=1), timedelta(minutes=20))
+def test_emulator_signed_url_points_at_the_emulator_and_pins_the_generation() -> None:
+    store = GcsStore.create("parascribe-local", emulator_host="127.0.0.1:4443")
+    url = store.signed_url("uploads", "a b/c.wav", timedelta(minutes=20), generation="17")
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
     assert f"{parsed.scheme}://{parsed.netloc}" == "http://127.0.0.1:4443"

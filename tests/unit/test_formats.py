@@ -11,7 +11,7 @@ import re
 import pytest
 
 from parascribe.contracts import JobSummary, SourceRef, Word
-from parascribe.formats import (
+from parascribe.merger.formats import (
     FORMATS,
     MAX_CUE_SECONDS,
     MAX_LINE_CHARS,
@@ -25,7 +25,7 @@ from parascribe.formats import (
     to_vtt,
     to_words_csv,
 )
-from parascribe.stitch import SegmentRules, Transcript, build_segments
+from parascribe.merger.stitch import SegmentRules, Transcript, build_segments
 from tests.unit.test_stitch import manifest_for
 
 _TS = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"

@@ -6,7 +6,6 @@ import base64
 import json
 import random
 import threading
-from collections.abc import Mapping
 from datetime import timedelta
 
 import pytest
@@ -19,6 +18,7 @@ from parascribe.contracts import (
     ChunkResult,
     ChunkSpec,
     ChunkTask,
+    FinalOutcome,
     JobFailed,
     JobManifest,
     JobStatus,
@@ -28,32 +28,16 @@ from parascribe.contracts import (
     utcnow,
 )
 from parascribe.errors import MalformedMessageError, PermanentError, TransientError
-from parascribe.formats import FORMATS, output_name
+from parascribe.gcp.pubsub import Message, create_push_app
 from parascribe.jobs import JobStore
-from parascribe.merger import FinalOutcome, Merger
-from parascribe.pushapp import PushMessage, create_app
-from parascribe.webhook import WebhookNotifier
-from tests.fakes import MemoryStore, RecordingPublisher
+from parascribe.merger.dead_letter import DeadLetters
+from parascribe.merger.formats import FORMATS, output_name
+from parascribe.merger.service import Merger
+from parascribe.merger.webhook import WebhookNotifier
+from tests.fakes import MemoryStore, RecordingExporter, RecordingPublisher
 
 SECRET = "whsec_" + base64.b64encode(b"parascribe-test-secret-0123456789").decode()
 TEXT = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "and", "then", "it", "runs", "far", "away"]
-
-
-class RecordingExporter:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, float, dict[str, str]]] = []
-        self._lock = threading.Lock()
-
-    def record(self, metric: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        with self._lock:
-            self.records.append((metric, value, dict(labels or {})))
-
-    def total(self, metric: str, **labels: str) -> float:
-        return sum(v for m, v, lab in self.records if m == metric and all(lab.get(k) == x for k, x in labels.items()))
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class CountingStore(MemoryStore):
@@ -136,13 +120,16 @@ class Rig:
         self.exporter = RecordingExporter()
         self.notifier = WebhookNotifier(self.settings, self.jobs, self.exporter, sleep=lambda s: None)
         self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier)
+        self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher,
+                                        uploads_bucket=self.settings.uploads_bucket,
+                                        enable_fallback=self.settings.enable_fallback)
 
     def push(self, result: ChunkResult | JobFailed) -> None:
         kind = "chunk_result" if isinstance(result, ChunkResult) else "job_failed"
-        self.merger.handle_results(PushMessage(data=result.to_bytes(), attributes={"type": kind}))
+        self.merger.handle_results(Message(data=result.to_bytes(), attributes={"type": kind}))
 
     def dead(self, data: bytes, **attributes: str) -> None:
-        self.merger.handle_dead_letter(PushMessage(data=data, attributes=attributes, message_id="dl-1"))
+        self.dead_letters.handle(Message(data=data, attributes=attributes, message_id="dl-1"))
 
     def status(self, job_id: str) -> JobStatus:
         s = self.jobs.status(job_id)
@@ -241,9 +228,9 @@ def test_job_failed_from_the_router_is_finalised_once() -> None:
 def test_bad_messages_are_permanent() -> None:
     rig = Rig()
     with pytest.raises(MalformedMessageError):
-        rig.merger.handle_results(PushMessage(data=b"{}", attributes={}))
+        rig.merger.handle_results(Message(data=b"{}", attributes={}))
     with pytest.raises(MalformedMessageError):
-        rig.merger.handle_results(PushMessage(data=b"not json", attributes={"type": "chunk_result"}))
+        rig.merger.handle_results(Message(data=b"not json", attributes={"type": "chunk_result"}))
     orphan = ChunkResult(job_id="jnope", chunk_index=0, n_chunks=1, engine="parakeet", path="gpu",
                          audio_seconds=1, processing_seconds=1)
     with pytest.raises(PermanentError, match="unknown job"):
@@ -256,7 +243,8 @@ def test_bad_messages_are_permanent() -> None:
 def test_push_routes_ack_through_the_flask_app() -> None:
     rig = Rig()
     job = Job(rig.jobs, n_chunks=1)
-    client = create_app("merger", rig.merger.routes()).test_client()
+    client = create_push_app("merger", {"/pubsub": rig.merger.handle_results,
+                                         "/dead-letter": rig.dead_letters.handle}).test_client()
 
     def envelope(data: bytes, **attributes: str) -> dict[str, object]:
         return {"message": {"data": base64.b64encode(data).decode(), "attributes": attributes, "messageId": "1"},
@@ -302,7 +290,7 @@ def test_a_claim_left_half_done_is_completed_by_a_later_redelivery() -> None:
     rig.jobs.put_chunk_result(job.results[0])
     outcome = FinalOutcome(job_id=job.job_id, state="done", outputs={"json": "gs://transcripts/x.json"},
                            engines=["parakeet"], source=job.source, finished_at=utcnow(), claimed_at=utcnow())
-    assert rig.jobs.claim_final(job.job_id, outcome.to_bytes())  # then the claimer "crashed"
+    assert rig.jobs.claim_final(outcome)  # then the claimer "crashed"
     rig.push(job.results[0])
     assert rig.status(job.job_id).state == "queued", "a fresh claim may still be in progress"
     outcome.claimed_at = utcnow() - timedelta(minutes=10)

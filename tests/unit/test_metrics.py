@@ -12,17 +12,15 @@ import pytest
 
 from parascribe import metric_names as mn
 from parascribe.config import load_settings
+from parascribe.gcp.monitoring import CloudMonitoringExporter, exporter_from_settings, generic_task
 from parascribe.metrics import (
     Aggregator,
     LocalExporter,
     NullExporter,
     Point,
-    exporter_from_settings,
-    forward_events,
     label_value,
     summarise_local,
 )
-from parascribe.metrics_cloud import CloudMonitoringExporter, generic_task
 from tests.metric_service_fake import MetricServiceServer
 
 
@@ -221,13 +219,3 @@ def test_cloud_exporter_from_settings_uses_generic_task(monitoring: MetricServic
     assert s.end_time == pytest.approx(t0, abs=5)
 
 
-def test_forward_events_records_counter_increments(tmp_path: Path) -> None:
-    from parascribe.engines.deepgram import EventCounter
-
-    counter = EventCounter(mn.DEEPGRAM_AUTH_ERRORS)
-    exp = LocalExporter(tmp_path / "m.jsonl", service="deepgram_worker")
-    forward_events(counter, exp)
-    counter.increment()
-    counter.increment(2)
-    lines = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
-    assert [(x["metric"], x["value"]) for x in lines] == [(mn.DEEPGRAM_AUTH_ERRORS, 1.0), (mn.DEEPGRAM_AUTH_ERRORS, 2.0)]

@@ -10,8 +10,8 @@ import jiwer
 import numpy as np
 import pytest
 
-from parascribe.decode import decode_file
-from parascribe.engines.base import SAMPLE_RATE, AsrEngine, AudioChunk
+from parascribe.audio import SAMPLE_RATE, decode_file
+from parascribe.engines.base import AsrEngine, AudioChunk
 from parascribe.errors import EngineUnavailableError
 from tests.speech import speak
 

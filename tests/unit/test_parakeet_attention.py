@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import load_settings
-from parascribe.engines.base import SAMPLE_RATE
-from parascribe.engines.parakeet_attention import (
+from parascribe.engines.parakeet.attention import (
     CPU_LOCAL_ATTENTION_S,
     GPU_LOCAL_ATTENTION_S,
     AttentionPlanner,
@@ -93,7 +93,7 @@ def test_threshold_setting_must_be_positive(threshold: float) -> None:
 def test_gpu_budget_is_a_share_of_free_memory_within_the_process_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     """The arithmetic of ``gpu_attention_budget``, with the CUDA queries stubbed (no GPU here)."""
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'parascribe[nemo]')")
-    from parascribe.engines.parakeet_attention import GPU_BUDGET_SHARE, gpu_attention_budget
+    from parascribe.engines.parakeet.attention import GPU_BUDGET_SHARE, gpu_attention_budget
 
     gib = 2**30
     state = {"fraction": 1.0}

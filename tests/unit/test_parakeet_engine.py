@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import load_settings
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
-from parascribe.engines.parakeet import ParakeetEngine, stitch_halves, weights_available
-from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, TransientError
+from parascribe.engines.base import AudioChunk, EngineOutput
+from parascribe.engines.parakeet.engine import ParakeetEngine, stitch_halves, weights_available
+from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, TransientError, is_transient
 from tests.nemo_tiny import build_tiny_nemo, noise
 
 LONG_S = 2.5  # the tests' LONG_AUDIO_THRESHOLD_SECONDS, so a 3 s chunk counts as long
@@ -226,7 +227,7 @@ def test_batch_oom_raises_engine_oom_error_for_the_worker_to_halve(
     calls = _inject_oom(fresh_engine, monkeypatch, lambda lengths, mode: True)
     with pytest.raises(EngineOOMError) as info:
         fresh_engine.transcribe([_chunk("a", 1.0, 0.0, 1), _chunk("b", 2.0, 0.0, 2)])
-    assert isinstance(info.value, TransientError) and info.value.retryable
+    assert isinstance(info.value, TransientError) and is_transient(info.value)
     assert "2 chunks" in info.value.reason
     assert len(calls) == 1 and calls[0][0] == [2 * SAMPLE_RATE, SAMPLE_RATE], "longest first"
     assert fresh_engine.recoveries == {"oom": 1}
@@ -392,7 +393,7 @@ def test_gpu_precision_set_up_runs_without_autocast_in_both_attention_modes(tiny
     import torch
     from nemo.collections.asr.models import ASRModel
 
-    from parascribe.engines.parakeet_runner import Runner
+    from parascribe.engines.parakeet.runner import Runner
 
     runner = Runner(ASRModel.restore_from(str(tiny_nemo), map_location="cpu"), torch.device("cpu"), bf16=True)
     runner.autocast = False  # what Runner chooses for a CUDA device
@@ -435,7 +436,7 @@ def _quantized(model: Any) -> tuple[int, list[str]]:
     """How many int8 layers ``model`` has, and the names of the Linear/LSTM layers still in float."""
     import torch.ao.nn.quantized.dynamic as qd
 
-    from parascribe.engines.parakeet_runner import float_layers
+    from parascribe.engines.parakeet.runner import float_layers
 
     return sum(isinstance(m, (qd.Linear, qd.LSTM)) for m in model.modules()), float_layers(model)
 
@@ -454,7 +455,7 @@ def _pointwise(model: Any) -> list[Any]:
 def test_pointwise_linear_computes_what_the_conv_did() -> None:
     import torch
 
-    from parascribe.engines.parakeet_runner import PointwiseLinear, is_pointwise
+    from parascribe.engines.parakeet.runner import PointwiseLinear, is_pointwise
 
     torch.manual_seed(0)
     x = torch.randn(2, 16, 50)
@@ -558,7 +559,7 @@ def test_int8_cpu_fallback_copy_is_quantized_and_local(tiny_nemo: Path, monkeypa
 
 def test_int8_is_refused_with_bf16_or_off_the_cpu() -> None:
     torch = pytest.importorskip("torch")
-    from parascribe.engines.parakeet_runner import Runner
+    from parascribe.engines.parakeet.runner import Runner
 
     with pytest.raises(ValueError, match="int8"):
         Runner(object(), torch.device("cpu"), bf16=True, int8=True)

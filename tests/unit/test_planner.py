@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parascribe.config import Settings, load_settings
-from parascribe.contracts import Path, PlannedChunk
+from parascribe.contracts import PlannedChunk, Route
 from parascribe.errors import PermanentError
-from parascribe.planner import (
+from parascribe.router.planner import (
     DEEPGRAM_MAX_BYTES,
     estimate_cost,
     estimate_deepgram_only,
@@ -145,7 +145,7 @@ def test_auto_spills_what_the_gpu_cannot_finish_to_deepgram() -> None:
 
 
 def test_auto_takes_the_fastest_plan_and_warns_when_nothing_meets_the_deadline(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="parascribe.planner"):
+    with caplog.at_level(logging.WARNING, logger="parascribe.router.planner"):
         plan = make_plan(6 * HOUR, cfg(), "auto", deadline_s=10)
     assert paths(plan.chunks) == "D" * 36  # 39 s, versus at least 60 s once the GPU is involved
     assert not plan.meets_deadline
@@ -206,7 +206,7 @@ def test_costs_come_from_the_configured_prices() -> None:
     s = cfg(deepgram_price_per_minute=0.006, gpu_price_per_second=0.0002, cpu_price_per_vcpu_second=0.00001,
             memory_price_per_gib_second=0.000001, gpu_instance_vcpus=4, gpu_instance_memory_gib=16)
     chunks = plan_chunks(1800.0, 600.0, 0.0)
-    routes: list[Path] = ["gpu", "gpu", "deepgram"]
+    routes: list[Route] = ["gpu", "gpu", "deepgram"]
     mixed = [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p) for c, p in zip(chunks, routes, strict=True)]
     instance_per_s = 0.0002 + 4 * 0.00001 + 16 * 0.000001
     assert estimate_cost(mixed, s) == pytest.approx(1200 / 150 * instance_per_s + 10 * 0.006)

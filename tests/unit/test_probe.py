@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from parascribe.contracts import SourceRef
 from parascribe.errors import AudioTooLongError, BadAudioError, TransientError
-from parascribe.probe import BLOCK_SIZE, RangeFile, probe
+from parascribe.router.probe import BLOCK_SIZE, RangeFile, probe
 from tests.fakes import MemoryStore
 from tests.speech import speak
 

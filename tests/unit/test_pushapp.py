@@ -7,7 +7,7 @@ import base64
 from flask.testing import FlaskClient
 
 from parascribe.errors import BadAudioError, TransientError
-from parascribe.pushapp import PushMessage, create_app
+from parascribe.gcp.pubsub import Message, create_push_app
 
 
 def envelope(data: bytes, **attributes: str) -> dict[str, object]:
@@ -18,8 +18,8 @@ def envelope(data: bytes, **attributes: str) -> dict[str, object]:
     }
 
 
-def client_for(behaviour: str, seen: list[PushMessage]) -> FlaskClient:
-    def handler(msg: PushMessage) -> None:
+def client_for(behaviour: str, seen: list[Message]) -> FlaskClient:
+    def handler(msg: Message) -> None:
         seen.append(msg)
         if behaviour == "permanent":
             raise BadAudioError("the uploaded object is empty")
@@ -28,11 +28,12 @@ def client_for(behaviour: str, seen: list[PushMessage]) -> FlaskClient:
         if behaviour == "crash":
             raise RuntimeError("bug")
 
-    return create_app("t", {"/pubsub": handler}, ready=lambda: behaviour != "starting").test_client()
+    return create_push_app("t", {"/pubsub": handler},
+                           health=lambda: (behaviour != "starting", behaviour)).test_client()
 
 
 def test_success_acks_and_passes_the_decoded_message() -> None:
-    seen: list[PushMessage] = []
+    seen: list[Message] = []
     r = client_for("ok", seen).post("/pubsub", json=envelope(b'{"a":1}', type="chunk_result"))
     assert r.status_code == 204
     assert seen[0].data == b'{"a":1}' and seen[0].attributes == {"type": "chunk_result"}
@@ -46,7 +47,7 @@ def test_permanent_errors_ack_and_transient_errors_nack() -> None:
 
 
 def test_malformed_envelopes_are_dropped_not_retried_forever() -> None:
-    seen: list[PushMessage] = []
+    seen: list[Message] = []
     client = client_for("ok", seen)
     assert client.post("/pubsub", data=b"not json", content_type="application/json").status_code == 204
     assert client.post("/pubsub", json={"no": "message"}).status_code == 204

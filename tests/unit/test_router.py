@@ -17,14 +17,8 @@ from parascribe.config import Settings, load_settings
 from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, UploadEvent
 from parascribe.errors import MalformedMessageError, TransientError
 from parascribe.jobs import JobStore
-from parascribe.router import (
-    PUBSUB_PUBLISHED,
-    STORAGE_FINALIZED,
-    Router,
-    handle_cloudevent,
-    parse_event,
-    published_marker,
-)
+from parascribe.router.events import PUBSUB_PUBLISHED, STORAGE_FINALIZED, parse_event
+from parascribe.router.service import Router, published_marker
 from tests.fakes import MemoryStore, RecordingPublisher
 
 
@@ -151,7 +145,7 @@ GOOD_ATTRS = {"bucketId": "uploads", "objectId": "a.wav", "objectGeneration": "7
     ("event", "reason"),
     [
         (CloudEvent({"type": PUBSUB_PUBLISHED, "source": "//x"}, {"nope": 1}), "no 'message' object"),
-        (_pubsub_with({"data": "!!!not base64", "attributes": GOOD_ATTRS}), "not base64-encoded JSON"),
+        (_pubsub_with({"data": "!!!not base64", "attributes": GOOD_ATTRS}), "data is not base64"),
         (_pubsub_with({"data": base64.b64encode(b"[1, 2]").decode(), "attributes": GOOD_ATTRS}), "not a JSON object"),
         (_pubsub_with({"attributes": GOOD_ATTRS}), "payload format JSON_API_V1"),
         (_pubsub_with({"data": base64.b64encode(b"{}").decode(), "attributes": {"foo": "bar"}}), "no eventType"),
@@ -169,7 +163,7 @@ def test_malformed_events_raise(event: CloudEvent, reason: str) -> None:
 
 def test_malformed_event_is_dropped_without_raising() -> None:
     stack = Stack()
-    handle_cloudevent(stack.router, _pubsub_with({"data": "%%%", "attributes": GOOD_ATTRS}))
+    stack.router.handle_event(_pubsub_with({"data": "%%%", "attributes": GOOD_ATTRS}))
     assert stack.publisher.messages == []
 
 
@@ -178,7 +172,7 @@ def test_malformed_event_is_dropped_without_raising() -> None:
 def test_upload_is_planned_and_its_tasks_published() -> None:
     stack = Stack(transcription_method="auto", chunk_duration_minutes=0.25, chunk_overlap_seconds=0.5)
     body = stack.upload("meeting.wav", wav(40.0))
-    handle_cloudevent(stack.router, storage_event(body))
+    stack.router.handle_event(storage_event(body))
 
     upload = parse_event(storage_event(body))
     assert upload is not None
@@ -202,7 +196,7 @@ def test_upload_is_planned_and_its_tasks_published() -> None:
 def test_deepgram_method_from_metadata_sends_the_whole_file() -> None:
     stack = Stack(chunk_duration_minutes=0.25)
     body = stack.upload("call.wav", wav(40.0), {"parascribe-method": "deepgram"})
-    handle_cloudevent(stack.router, pubsub_event(body))
+    stack.router.handle_event(pubsub_event(body))
     [(topic, task, _)] = stack.tasks()
     assert topic == names.TOPIC_ASR_DEEPGRAM and task.whole_file
     assert (task.chunk.start_s, task.chunk.end_s) == (0.0, pytest.approx(40.0))
@@ -212,7 +206,7 @@ def test_duplicate_delivery_makes_one_job() -> None:
     stack = Stack(chunk_duration_minutes=0.25)
     body = stack.upload("dup.wav", wav(20.0))
     for event in (pubsub_event(body), storage_event(body), pubsub_event(body)):
-        handle_cloudevent(stack.router, event)
+        stack.router.handle_event(event)
     assert len(stack.tasks()) == 2
     leaves = sorted(n.rsplit("/", 1)[1] for n in stack.store.list(stack.settings.state_bucket, "jobs/"))
     assert leaves == ["manifest.json", "published", "status.json"]
@@ -237,7 +231,7 @@ def test_redelivery_after_a_failed_publish_republishes_the_stored_plan() -> None
     flaky = FlakyPublisher(fail_on=2)
     router = Router(stack.settings, stack.store, flaky, stack.jobs)
     with pytest.raises(TransientError):
-        handle_cloudevent(router, pubsub_event(body))  # → HTTP 500, Pub/Sub redelivers
+        router.handle_event(pubsub_event(body))  # → HTTP 500, Pub/Sub redelivers
     upload = parse_event(pubsub_event(body))
     assert upload is not None
     assert stack.store.info(stack.settings.state_bucket, published_marker(upload.source.job_id)) is None
@@ -245,7 +239,7 @@ def test_redelivery_after_a_failed_publish_republishes_the_stored_plan() -> None
     # The redelivery lands on a process with other settings: the stored plan still wins.
     other = Router(load_settings(chunk_duration_minutes=1, transcription_method="deepgram"), stack.store, flaky,
                    stack.jobs)
-    handle_cloudevent(other, pubsub_event(body))
+    other.handle_event(pubsub_event(body))
     published = [(t, m.chunk.index) for t, m, _ in flaky.messages if isinstance(m, ChunkTask)]
     assert published == [(names.TOPIC_ASR_GPU, 0), (names.TOPIC_ASR_GPU, 0), (names.TOPIC_ASR_GPU, 1),
                          (names.TOPIC_ASR_GPU, 2)]
@@ -265,7 +259,7 @@ def test_bad_input_fails_the_job_with_a_reason(name: str, data: bytes, metadata:
                                                reason: str) -> None:
     stack = Stack()
     body = stack.upload(name, data, metadata)
-    handle_cloudevent(stack.router, pubsub_event(body))
+    stack.router.handle_event(pubsub_event(body))
     upload = parse_event(pubsub_event(body))
     assert upload is not None
     job_id = upload.source.job_id
@@ -277,20 +271,20 @@ def test_bad_input_fails_the_job_with_a_reason(name: str, data: bytes, metadata:
     assert status is not None and status.state == "failed" and status.reason == failed.reason
     assert stack.tasks() == [] and stack.jobs.manifest(job_id) is None
 
-    handle_cloudevent(stack.router, pubsub_event(body))  # a duplicate: the job is final
+    stack.router.handle_event(pubsub_event(body))  # a duplicate: the job is final
     assert len(stack.publisher.messages) == 1
 
 
 def test_too_long_audio_fails_the_job() -> None:
     stack = Stack(max_audio_minutes=0.05)
-    handle_cloudevent(stack.router, storage_event(stack.upload("long.wav", wav(5.0))))
+    stack.router.handle_event(storage_event(stack.upload("long.wav", wav(5.0))))
     [(failed, _)] = stack.failures()
     assert failed.reason == "audio is 5.0 s long; the limit is 3.0 s (MAX_AUDIO_MINUTES=0.05)"
 
 
 def test_oversized_object_fails_before_any_read() -> None:
     stack = Stack(max_upload_mb=0.5)
-    handle_cloudevent(stack.router, storage_event(stack.upload("big.wav", wav(20.0))))  # 640 KB
+    stack.router.handle_event(storage_event(stack.upload("big.wav", wav(20.0))))  # 640 KB
     [(failed, _)] = stack.failures()
     assert failed.reason == "the object is 0.6 MB; the limit is 0.5 MB (MAX_UPLOAD_MB)"
 
@@ -300,17 +294,17 @@ def test_failure_is_retried_when_job_failed_cannot_be_published() -> None:
     body = stack.upload("bad.wav", b"\x00" * 1000)
     router = Router(stack.settings, stack.store, FlakyPublisher(fail_on=1), stack.jobs)
     with pytest.raises(TransientError):
-        handle_cloudevent(router, pubsub_event(body))
+        router.handle_event(pubsub_event(body))
     upload = parse_event(pubsub_event(body))
     assert upload is not None and stack.jobs.status(upload.source.job_id) is None  # not final: the retry reports it
-    handle_cloudevent(stack.router, pubsub_event(body))
+    stack.router.handle_event(pubsub_event(body))
     assert len(stack.failures()) == 1
 
 
 def test_objects_outside_the_uploads_bucket_are_ignored() -> None:
     stack = Stack()
     stack.store.write("transcripts", "out.wav", wav(1.0))
-    handle_cloudevent(stack.router, storage_event(resource("transcripts", "out.wav", 1, 32044)))
+    stack.router.handle_event(storage_event(resource("transcripts", "out.wav", 1, 32044)))
     assert stack.publisher.messages == [] and stack.store.list(stack.settings.state_bucket, "") == []
 
 
@@ -325,7 +319,7 @@ def test_transient_storage_error_propagates_for_a_retry() -> None:
     router = Router(settings, store, RecordingPublisher(), JobStore(store, settings.state_bucket))
     store.write(settings.uploads_bucket, "a.wav", wav(1.0))
     with pytest.raises(TransientError):
-        handle_cloudevent(router, storage_event(resource(settings.uploads_bucket, "a.wav", 1, 32044)))
+        router.handle_event(storage_event(resource(settings.uploads_bucket, "a.wav", 1, 32044)))
 
 
 def test_handle_accepts_an_upload_built_directly() -> None:

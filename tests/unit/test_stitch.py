@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from parascribe.contracts import AudioInfo, ChunkResult, JobManifest, PlannedChunk, SourceRef, Word
-from parascribe.stitch import SegmentRules, build_segments, normalise, stitch
+from parascribe.merger.stitch import SegmentRules, build_segments, normalise, stitch
 
 VOCAB = ["the", "a", "cat", "sat", "on", "mat", "and", "then", "it", "ran"]
 JITTER_S = 0.05

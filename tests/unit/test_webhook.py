@@ -18,7 +18,7 @@ import pytest
 from parascribe import metric_names as mn
 from parascribe.contracts import ChunkResult, JobStatus, SourceRef
 from parascribe.errors import ConfigError, PermanentError
-from parascribe.webhook import WebhookNotifier, build_payload, redeliver, secret_bytes, sign, verify
+from parascribe.merger.webhook import WebhookNotifier, build_payload, redeliver, secret_bytes, sign, verify
 from tests.unit.test_merger import SECRET, CountingStore, Job, Rig, make_settings
 
 

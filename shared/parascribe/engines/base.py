@@ -8,9 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.contracts import EngineName, Word
-
-SAMPLE_RATE = 16_000
 
 
 @dataclass

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.contracts import EngineName, Word
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
+from parascribe.engines.base import AudioChunk, EngineOutput
 from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError
 
 log = logging.getLogger(__name__)

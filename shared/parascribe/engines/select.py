@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def _parakeet_module() -> ModuleType | None:
     """The Parakeet engine module, or None when it (or NeMo under it) cannot be imported."""
     try:
-        from parascribe.engines import parakeet
+        from parascribe.engines.parakeet import engine as parakeet
     except ImportError as err:
         log.debug("parakeet engine not importable: %s", err)
         return None

@@ -212,17 +212,17 @@ def provision(settings: Settings, push_endpoints: dict[str, str] | None = None) 
     try:
         for topic in names.TOPICS:
             with contextlib.suppress(gexc.AlreadyExists):
-                publisher.create_topic(name=settings.topic_path(topic))
+                publisher.create_topic(name=names.topic_path(settings.gcp_project, topic))
         for sub in names.SUBSCRIPTIONS:
             request: dict[str, object] = {
-                "name": settings.subscription_path(sub.name),
-                "topic": settings.topic_path(sub.topic),
+                "name": names.subscription_path(settings.gcp_project, sub.name),
+                "topic": names.topic_path(settings.gcp_project, sub.topic),
                 "ack_deadline_seconds": min(sub.ack_deadline_s, 600),
                 "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
             }
             if sub.dead_letter:
                 request["dead_letter_policy"] = {
-                    "dead_letter_topic": settings.topic_path(names.TOPIC_DEAD_LETTER),
+                    "dead_letter_topic": names.topic_path(settings.gcp_project, names.TOPIC_DEAD_LETTER),
                     "max_delivery_attempts": sub.max_delivery_attempts,
                 }
             base = (push_endpoints or {}).get(sub.service)

@@ -163,7 +163,7 @@ def up(home: Path | None = None, timeout_s: float = 240.0) -> StackState:
 
 
 def _start_parts(state: StackState, emu: Emulators, root: Path, logs: Path, timeout_s: float) -> None:
-    env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1", "PARASCRIBE_REPO": str(root)}
+    env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1", "PARASCRIBE_REPO": str(root), "HOST": LOOPBACK}
     env.setdefault("METRICS_EXPORTER", "local")
     # The local Deepgram server transcribes one request at a time on 2 cores; more in flight only time out.
     env.setdefault("DEEPGRAM_MAX_CONCURRENCY", "2")

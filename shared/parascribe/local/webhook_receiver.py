@@ -21,7 +21,7 @@ from pathlib import Path
 from flask import Flask, Response, request
 
 from parascribe.errors import PermanentError
-from parascribe.webhook import verify
+from parascribe.merger.webhook import verify
 
 
 def create_app(secret: str, log_path: Path) -> Flask:

@@ -54,7 +54,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from parascribe.config import Settings
-from parascribe.contracts import ChunkSpec, Method, Path, PlannedChunk
+from parascribe.contracts import ChunkSpec, Method, PlannedChunk, Route
 from parascribe.costs import Prices
 from parascribe.errors import PermanentError
 
@@ -232,7 +232,7 @@ def _deepgram_finish(durations: Sequence[float], settings: Settings) -> float:
     return total
 
 
-def _assign(chunks: Sequence[ChunkSpec], paths: Sequence[Path]) -> list[PlannedChunk]:
+def _assign(chunks: Sequence[ChunkSpec], paths: Sequence[Route]) -> list[PlannedChunk]:
     return [PlannedChunk(**c.model_dump(exclude={"schema_version"}), path=p) for c, p in zip(chunks, paths, strict=True)]
 
 
@@ -283,7 +283,7 @@ def _choose(
     k = best[2]
     if k is None:
         return _whole(chunks), effective
-    gpu_path: list[Path] = ["gpu"]
-    deepgram_path: list[Path] = ["deepgram"]
+    gpu_path: list[Route] = ["gpu"]
+    deepgram_path: list[Route] = ["deepgram"]
     paths = gpu_path * k + deepgram_path * (n - k)
     return _assign(chunks, paths), effective

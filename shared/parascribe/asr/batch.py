@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from parascribe import names
-from parascribe.bus import Publisher
+from parascribe.audio import decode_file
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -32,26 +32,17 @@ from parascribe.contracts import (
     Contract,
     EngineName,
     Word,
-    decode,
+    in_span,
+    parse,
 )
-from parascribe.decode import SourceCache, decode_file
 from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
-from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, PermanentError
+from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, PermanentError, is_transient
+from parascribe.gcp.pubsub import Action, Message, Publisher
+from parascribe.gcp.source_cache import SourceCache
 
 log = logging.getLogger(__name__)
 
-Action = Literal["ack", "nack"]
 Kind = Literal["result", "error", "fallback", "malformed", "retry"]
-
-
-@dataclass(frozen=True)
-class Inbound:
-    """One received message, without its Pub/Sub handle."""
-
-    message_id: str
-    data: bytes
-    attributes: dict[str, str] = field(default_factory=dict)
-    delivery_attempt: int | None = None
 
 
 @dataclass
@@ -69,7 +60,7 @@ class Outcome:
 class Prepared:
     """A message parsed and, when there is an engine, its span decoding in the background."""
 
-    inbound: Inbound
+    inbound: Message
     task: ChunkTask | None
     audio: Future[AudioChunk] | None = None
     malformed: str | None = None
@@ -137,19 +128,19 @@ class BatchProcessor:
         if self._engine is not None:
             self._engine.close()
 
-    def prepare(self, msg: Inbound) -> Prepared:
+    def prepare(self, msg: Message) -> Prepared:
         """Parse a message and start decoding its span in the background.
 
         Called as messages arrive, so decoding the next batch overlaps inference on this one.
         """
         try:
-            task = decode(ChunkTask, msg.data)
+            task = parse(ChunkTask, msg.data)
         except PermanentError as err:
             return Prepared(msg, None, malformed=err.reason)
         audio = self._decoders.submit(self._decode_one, task) if self._engine is not None else None
         return Prepared(msg, task, audio)
 
-    def process_batch(self, messages: Sequence[Inbound]) -> list[Outcome]:
+    def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Transcribe a batch and publish what it produced; say how to settle each message.
 
         Returns:
@@ -193,14 +184,14 @@ class BatchProcessor:
         msg, task = item.inbound, w.task
         try:
             w.chunk = item.audio.result()
-        except PermanentError as err:
+        except Exception as err:
+            if is_transient(err):  # storage, disk, a cancelled decode: retrying may help
+                log.warning("cannot fetch or decode %s, will retry: %s", task.source.uri, err, extra=_ctx(task))
+                return Outcome(msg.message_id, "nack", "retry", reason=str(err) or type(err).__name__)
             reason = f"chunk {task.chunk.index} ({task.chunk.start_s:.1f}-{task.chunk.end_s:.1f} s) " \
-                     f"of {task.source.uri}: {err.reason}"
+                     f"of {task.source.uri}: {getattr(err, 'reason', err)}"
             log.error("bad audio: %s", reason, extra=_ctx(task))
             return self._publish_error(msg, task, reason)
-        except Exception as err:  # storage, disk, a cancelled decode: retrying may help
-            log.warning("cannot fetch or decode %s, will retry: %s", task.source.uri, err, extra=_ctx(task))
-            return Outcome(msg.message_id, "nack", "retry", reason=str(err) or type(err).__name__)
         return None
 
     def _decode_one(self, task: ChunkTask) -> AudioChunk:
@@ -239,7 +230,7 @@ class BatchProcessor:
         for w, out in zip(items, outputs, strict=True):
             w.output = out
 
-    def _settle(self, msg: Inbound, w: _Work, processing_s: float) -> Outcome:
+    def _settle(self, msg: Message, w: _Work, processing_s: float) -> Outcome:
         task = w.task
         if w.output is not None:
             result = ChunkResult.for_task(
@@ -253,7 +244,7 @@ class BatchProcessor:
         if not self._settings.enable_fallback:
             return self._publish_error(msg, task, f"chunk {task.chunk.index} failed on the GPU engine "
                                                   f"({reason}: {w.failure_detail}) and ENABLE_FALLBACK=false")
-        forwarded = task.model_copy(update={"path": "deepgram", "fallback_from": "gpu", "fallback_reason": reason})
+        forwarded = task.to_deepgram(reason)
         outcome = self._publish(msg, task, names.TOPIC_ASR_DEEPGRAM, forwarded, None, "fallback", reason=reason)
         if outcome.action == "ack":
             self.fallbacks[reason] += 1
@@ -261,12 +252,12 @@ class BatchProcessor:
                         dict(self.fallbacks), extra=_ctx(task))
         return outcome
 
-    def _publish_error(self, msg: Inbound, task: ChunkTask, reason: str) -> Outcome:
+    def _publish_error(self, msg: Message, task: ChunkTask, reason: str) -> Outcome:
         result = ChunkResult.for_task(task, self._engine_name, error=reason)
         return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "error",
                              reason=reason)
 
-    def _publish(self, msg: Inbound, task: ChunkTask, topic: str, body: Contract, attrs: dict[str, str] | None,
+    def _publish(self, msg: Message, task: ChunkTask, topic: str, body: Contract, attrs: dict[str, str] | None,
                  kind: Kind, reason: str | None = None) -> Outcome:
         try:
             self._publisher.publish(topic, body, attrs)
@@ -281,10 +272,10 @@ def _duration(w: _Work) -> float:
 
 
 def _within_span(words: list[Word], start_s: float, end_s: float) -> list[Word]:
-    """Words whose midpoint lies in ``[start_s, end_s]``, clamped to the span."""
+    """Words spoken in ``[start_s, end_s)`` (by :func:`~parascribe.contracts.in_span`), clamped to the span."""
     kept = []
     for word in words:
-        if start_s <= word.mid <= end_s:
+        if in_span(word.mid, start_s, end_s):
             s = min(max(word.start, start_s), end_s)
             e = min(max(word.end, s), end_s)
             kept.append(word if (s, e) == (word.start, word.end) else word.model_copy(update={"start": s, "end": e}))

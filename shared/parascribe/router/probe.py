@@ -24,7 +24,7 @@ import soundfile as sf
 
 from parascribe.contracts import AudioInfo, SourceRef
 from parascribe.errors import AudioTooLongError, BadAudioError, ParascribeError
-from parascribe.storage import BlobStore
+from parascribe.gcp.storage import BlobStore
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The Pub/Sub callback only enqueues. One inference thread gathers a batch (up to
 ``GPU_BATCH_SIZE`` messages, or ``GPU_BATCH_LINGER_MS`` after the first) and hands
-it to :class:`~parascribe.asr_batch.BatchProcessor`, which decodes, transcribes,
+it to :class:`~parascribe.asr.batch.BatchProcessor`, which decodes, transcribes,
 recovers and publishes; the thread then acks or nacks each message, so a message
 is acked only after its result (or its fallback task) was published.
 
@@ -17,29 +17,24 @@ import contextlib
 import logging
 import queue
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
 import google.cloud.pubsub_v1 as pubsub_v1
 
 from parascribe import names
-from parascribe.asr_batch import BatchProcessor, Inbound, Outcome, Prepared
-from parascribe.bus import Publisher, PubSubPublisher
+from parascribe.asr.batch import BatchProcessor, Outcome, Prepared
 from parascribe.config import Settings
-from parascribe.decode import SourceCache
 from parascribe.engines.base import AsrEngine
 from parascribe.errors import EngineUnavailableError
-from parascribe.storage import BlobStore, GcsStore
-
-__all__ = ["AsrWorker", "Inbound", "Outcome", "build_worker"]
+from parascribe.gcp.pubsub import HealthServer, Message, Publisher
+from parascribe.gcp.source_cache import SourceCache
+from parascribe.gcp.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +112,7 @@ class AsrWorker:
         self._own_subscriber = subscriber is None
         self._pull_future: Any = None
         self._pull_error: BaseException | None = None
-        self._health = _HealthServer(health_port, self._health_state) if health_port is not None else None
+        self._health = HealthServer(health_port, self._health_state, settings.host) if health_port is not None else None
         if engine is None:
             log.error("ASR ENGINE UNAVAILABLE (%s): this worker forwards EVERY task to Deepgram",
                       self._batch.unavailable_reason)
@@ -132,13 +127,13 @@ class AsrWorker:
         """Size of every batch handed to the engine, including retried halves."""
         return self._batch.batch_sizes
 
-    def process_batch(self, messages: Sequence[Inbound]) -> list[Outcome]:
+    def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Transcribe a batch and publish what it produced; see :meth:`BatchProcessor.process_batch`."""
         return self._batch.process_batch(messages)
 
     # --- the inference thread ---
 
-    def submit(self, inbound: Inbound, handle: Ackable) -> None:
+    def submit(self, inbound: Message, handle: Ackable) -> None:
         """Queue a message for the inference thread (the Pub/Sub callback calls this)."""
         with self._intake:
             if self._accepting:
@@ -187,13 +182,7 @@ class AsrWorker:
                 (pending.handle.ack if outcome.action == "ack" else pending.handle.nack)()
 
     def _callback(self, message: Any) -> None:
-        inbound = Inbound(
-            message_id=str(message.message_id),
-            data=bytes(message.data),
-            attributes=dict(message.attributes or {}),
-            delivery_attempt=message.delivery_attempt,
-        )
-        self.submit(inbound, message)
+        self.submit(Message.from_pull(message), message)
 
     # --- life cycle ---
 
@@ -220,7 +209,7 @@ class AsrWorker:
         if pull:
             if self._subscriber is None:
                 self._subscriber = pubsub_v1.SubscriberClient()
-            sub_path = self._settings.subscription_path(names.SUB_ASR_GPU)
+            sub_path = names.subscription_path(self._settings.gcp_project, names.SUB_ASR_GPU)
             flow = pubsub_v1.types.FlowControl(max_messages=2 * self._batch_size, max_lease_duration=MAX_LEASE_S)
             self._pull_future = self._subscriber.subscribe(sub_path, callback=self._callback, flow_control=flow)
             self._pull_future.add_done_callback(self._on_pull_done)
@@ -277,6 +266,10 @@ class AsrWorker:
             self._health.stop()
         log.info("ASR worker stopped (%d queued messages nacked; fallbacks %s)", nacked, dict(self.fallbacks))
 
+    def close(self) -> None:
+        """:meth:`stop`, under the name every stage's service uses."""
+        self.stop()
+
     def request_stop(self) -> None:
         """Ask :meth:`run_forever` to stop; safe from a signal handler."""
         self._stop_requested.set()
@@ -299,74 +292,3 @@ class AsrWorker:
             pass
         self.stop()
         return 1 if self._pull_error is not None else 0
-
-
-class _HealthServer:
-    """``GET /healthz``: 200 when ready, else 503 (the Cloud Run startup probe)."""
-
-    def __init__(self, port: int, state: Callable[[], tuple[bool, str]]) -> None:
-        self._port = port
-        self._state = state
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> None:
-        state = self._state
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-                ok, text = state()
-                status = 200 if ok and self.path.split("?")[0] == "/healthz" else 404 if ok else 503
-                body = text.encode() if status != 404 else b"not found"
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("health: " + format, *args)
-
-        self._server = ThreadingHTTPServer(("0.0.0.0", self._port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="asr-health", daemon=True).start()
-
-    @property
-    def port(self) -> int | None:
-        return int(self._server.server_address[1]) if self._server is not None else None
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-
-def build_worker(settings: Settings, cache_dir: Path | None = None, health_port: int | None = None) -> AsrWorker:
-    """The production wiring: GCS, Pub/Sub, a source cache and the engine ``ASR_ENGINE`` picks.
-
-    An engine that cannot load leaves a worker that forwards every task to
-    Deepgram, when ``ENABLE_FALLBACK`` allows it.
-
-    Args:
-        settings: the process settings.
-        cache_dir: where sources are copied; a fresh temporary folder when None.
-        health_port: the ``/healthz`` port; ``PORT`` when None.
-
-    Raises:
-        EngineUnavailableError: the engine cannot load and ``ENABLE_FALLBACK`` is false.
-    """
-    from parascribe.engines.select import load_engine
-
-    store = GcsStore.create(settings.gcp_project)
-    publisher = PubSubPublisher(settings.gcp_project)
-    cache = SourceCache(store, cache_dir or Path(tempfile.mkdtemp(prefix="parascribe-sources-")),
-                        max_bytes=int(settings.source_cache_mb * 1024 * 1024))
-    engine: AsrEngine | None = None
-    reason: str | None = None
-    try:
-        engine = load_engine(settings)
-    except EngineUnavailableError as err:
-        if not settings.enable_fallback:
-            raise
-        reason = err.reason
-    return AsrWorker(settings, engine, store, publisher, cache, engine_unavailable_reason=reason,
-                     health_port=settings.port if health_port is None else health_port)

@@ -7,13 +7,18 @@ switches endpoints itself when ``STORAGE_EMULATOR_HOST`` is set.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+import google.auth
+import google.auth.transport.requests
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials, Signing
 
 from parascribe.errors import BadAudioError, TransientError
 
@@ -68,17 +73,27 @@ class BlobStore(Protocol):
 
     def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None: ...
 
-    def signed_url(self, bucket: str, name: str, expires: timedelta) -> str: ...
+    def signed_url(self, bucket: str, name: str, expires: timedelta, generation: str | None = None) -> str:
+        """A V4 signed GET URL for the object (pinned to ``generation`` when given)."""
+        ...
 
 
 class GcsStore:
     """:class:`BlobStore` over ``google.cloud.storage``."""
 
-    def __init__(self, client: storage.Client) -> None:
+    def __init__(self, client: storage.Client, emulator_host: str | None = None) -> None:
         self._client = client
+        self._emulator = _endpoint(emulator_host) if emulator_host else None
+        self._sign_lock = threading.Lock()
+        self._credentials: google.auth.credentials.Credentials | None = None
 
     @classmethod
-    def create(cls, project: str) -> GcsStore:
+    def create(cls, project: str, emulator_host: str | None = None) -> GcsStore:
+        """A store for ``project``; with ``emulator_host`` (fake-gcs-server), anonymous and local."""
+        if emulator_host:
+            client = storage.Client(project=project, credentials=AnonymousCredentials(),
+                                    client_options={"api_endpoint": _endpoint(emulator_host)})
+            return cls(client, emulator_host)
         return cls(storage.Client(project=project))
 
     @property
@@ -161,6 +176,61 @@ class GcsStore:
         except _TRANSIENT as err:
             raise TransientError(f"downloading gs://{bucket}/{name}: {err}") from err
 
-    def signed_url(self, bucket: str, name: str, expires: timedelta) -> str:
+    def signed_url(self, bucket: str, name: str, expires: timedelta, generation: str | None = None) -> str:
+        """A V4 signed GET URL, the one signer of the package.
+
+        - On the emulator: a throwaway key signs (fake-gcs-server accepts any V4
+          signature) and the URL points at the emulator.
+        - With a key (a service-account file): the key signs.
+        - On Cloud Run the metadata server's credentials hold no key, so the IAM
+          ``signBlob`` API signs with the account's own access token (the account
+          needs ``roles/iam.serviceAccountTokenCreator`` on itself).
+        """
         blob = self._client.bucket(bucket).blob(name)
-        return str(blob.generate_signed_url(version="v4", expiration=expires, method="GET"))
+        gen = int(generation) if generation else None
+        if self._emulator is not None:
+            return str(blob.generate_signed_url(
+                version="v4", expiration=expires, method="GET", credentials=_local_signing_credentials(),
+                api_access_endpoint=self._emulator, generation=gen,
+            ))
+        with self._sign_lock:
+            if self._credentials is None:
+                self._credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+            credentials = self._credentials
+            if isinstance(credentials, Signing):
+                return str(blob.generate_signed_url(
+                    version="v4", expiration=expires, method="GET", credentials=credentials, generation=gen
+                ))
+            if not credentials.valid:
+                credentials.refresh(google.auth.transport.requests.Request())
+            token = credentials.token
+        return str(blob.generate_signed_url(
+            version="v4", expiration=expires, method="GET", generation=gen,
+            service_account_email=getattr(credentials, "service_account_email", None), access_token=token,
+        ))
+
+
+def _endpoint(emulator_host: str) -> str:
+    return (emulator_host if "://" in emulator_host else f"http://{emulator_host}").rstrip("/")
+
+
+@lru_cache(maxsize=1)
+def _local_signing_credentials() -> Signing:
+    """A throwaway service-account key for the emulator, made once per process."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.oauth2 import service_account
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    info = {
+        "type": "service_account",
+        "client_email": "parascribe-local@parascribe-local.iam.gserviceaccount.com",
+        "private_key": pem,
+        "private_key_id": "local",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    creds: Signing = service_account.Credentials.from_service_account_info(info)
+    return creds

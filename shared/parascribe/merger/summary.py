@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from parascribe.contracts import ChunkResult, JobManifest, JobSummary
 from parascribe.costs import Prices
-from parascribe.stitch import Transcript
+from parascribe.merger.stitch import Transcript
 
 
 def chunk_cost(result: ChunkResult, prices: Prices) -> float:

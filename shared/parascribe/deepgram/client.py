@@ -8,7 +8,7 @@ objects and every failure into an exception that says whether to retry:
 - 400 and other client errors (unsupported or corrupt audio, a URL Deepgram
   cannot fetch) → :class:`~parascribe.errors.PermanentError` with Deepgram's message;
 - 401/403 (and 402, no credits) → :class:`~parascribe.errors.DeepgramAuthError`,
-  logged loudly without the key and counted in :data:`auth_errors`;
+  logged loudly without the key and counted in the ``deepgram_auth_errors`` metric;
 - 408/409/429/5xx, timeouts and connection failures →
   :class:`~parascribe.errors.TransientError`, raised only after the SDK's own
   retries (exponential backoff with jitter, honouring ``Retry-After`` up to 60 s).
@@ -17,7 +17,6 @@ objects and every failure into an exception that says whether to retry:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from parascribe import metric_names
 from parascribe.config import Settings
 from parascribe.contracts import Word
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
+from parascribe.metrics import MetricsExporter, NullExporter
 
 log = logging.getLogger(__name__)
 
@@ -40,48 +40,6 @@ LOCAL_PLACEHOLDER_KEY = "local-deepgram-key"
 
 DEFAULT_MAX_RETRIES = 3
 _AUTH_STATUSES = (401, 402, 403)
-
-
-class EventCounter:
-    """A process-wide, thread-safe counter that metrics code can read or subscribe to.
-
-    The metrics exporter (owned elsewhere) subscribes a callback, or reads
-    :attr:`value` at each flush and exports the difference under :attr:`metric`.
-    """
-
-    def __init__(self, metric: str) -> None:
-        self.metric = metric
-        self._value = 0
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[int], None]] = []
-
-    @property
-    def value(self) -> int:
-        return self._value
-
-    def subscribe(self, listener: Callable[[int], None]) -> None:
-        """Call ``listener(increment)`` on every future increment."""
-        with self._lock:
-            self._listeners.append(listener)
-
-    def unsubscribe(self, listener: Callable[[int], None]) -> None:
-        with self._lock:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-    def increment(self, by: int = 1) -> None:
-        with self._lock:
-            self._value += by
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(by)
-            except Exception:  # a broken metrics hook must never fail a request
-                log.exception("listener of %s failed", self.metric)
-
-
-auth_errors = EventCounter(metric_names.DEEPGRAM_AUTH_ERRORS)
-"""Deepgram authentication failures in this process (alert on any increase)."""
 
 
 @dataclass
@@ -212,9 +170,14 @@ class DeepgramTranscriber:
     """Transcribes audio bytes or URLs with Deepgram; thread-safe, build once per process."""
 
     def __init__(
-        self, settings: Settings, client: DeepgramClient | None = None, max_retries: int = DEFAULT_MAX_RETRIES
+        self,
+        settings: Settings,
+        exporter: MetricsExporter | None = None,
+        client: DeepgramClient | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
         self._settings = settings
+        self._exporter = exporter or NullExporter()
         self._client = client or build_client(settings, max_retries=max_retries)
         self._endpoint = settings.deepgram_base_url or "api.deepgram.com"
 
@@ -273,7 +236,7 @@ class DeepgramTranscriber:
         except ApiError as err:
             mapped = classify(err, what)
             if isinstance(mapped, DeepgramAuthError):
-                auth_errors.increment()
+                self._exporter.record(metric_names.DEEPGRAM_AUTH_ERRORS, 1.0)
                 log.error(
                     "DEEPGRAM AUTHENTICATION FAILED at %s (HTTP %s): check DEEPGRAM_API_KEY; "
                     "chunks are nacked until it is fixed",

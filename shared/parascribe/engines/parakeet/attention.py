@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from parascribe.engines.base import SAMPLE_RATE
+from parascribe.audio import SAMPLE_RATE
 
 if TYPE_CHECKING:
     import torch

@@ -12,74 +12,49 @@ The claim holds the whole outcome (state, reason, outputs, summary). If the
 claimer dies before finishing, a redelivery more than :data:`CLAIM_LEASE_S`
 later completes the job from the claim, so no job stays half-finished.
 
-``/dead-letter`` receives whatever exhausted its retries elsewhere and always
-acks (except when storage or Pub/Sub itself is down, which is retried): a GPU
-task falls back to Deepgram once when ``ENABLE_FALLBACK`` allows; anything else
-fails its job with a reason a person can act on.
+``/dead-letter`` is :mod:`parascribe.merger.dead_letter`, which finishes jobs through this class.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from parascribe import metric_names as mn
-from parascribe import names
-from parascribe.bus import Publisher
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
     TYPE_JOB_FAILED,
     ChunkResult,
-    ChunkTask,
-    Contract,
+    FinalOutcome,
     JobFailed,
     JobManifest,
-    JobState,
     JobStatus,
-    JobSummary,
     SourceRef,
-    decode,
-    make_job_id,
+    parse,
     utcnow,
 )
 from parascribe.costs import Prices
-from parascribe.errors import MalformedMessageError, ParascribeError, PermanentError, TransientError
-from parascribe.formats import CONTENT_TYPES, output_name, render_all
-from parascribe.jobs import JobStore, job_prefix
+from parascribe.errors import MalformedMessageError, PermanentError
+from parascribe.gcp.pubsub import Message, Publisher
+from parascribe.gcp.storage import BlobStore
+from parascribe.jobs import JobStore
+from parascribe.merger.formats import CONTENT_TYPES, output_name, render_all
+from parascribe.merger.stitch import stitch
+from parascribe.merger.summary import chunk_cost, summarise
+from parascribe.merger.webhook import WebhookNotifier
 from parascribe.metrics import MetricsExporter, label_value
-from parascribe.pushapp import Handler, PushMessage
-from parascribe.stitch import stitch
-from parascribe.storage import BlobStore
-from parascribe.summary import chunk_cost, summarise
-from parascribe.webhook import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
 CLAIM_LEASE_S = 120.0
-DLQ_COUNT_ATTR = "CloudPubSubDeadLetterSourceDeliveryCount"
-DLQ_SUBSCRIPTION_ATTR = "CloudPubSubDeadLetterSourceSubscription"
 
 
-class FinalOutcome(Contract):
-    """``jobs/<id>/final.json``: the claim, holding everything needed to complete the job."""
-
-    job_id: str
-    state: JobState
-    reason: str | None = None
-    outputs: dict[str, str] = {}
-    engines: list[str] = []
-    summary: JobSummary | None = None
-    source: SourceRef | None = None
-    chunks_done: int = 0
-    chunks_total: int = 0
-    created_at: datetime | None = None
-    finished_at: datetime
-    claimed_at: datetime
+def chunk_failure_reason(result: ChunkResult, manifest: JobManifest) -> str:
+    """Why a job failed because of one chunk, in words a person can act on."""
+    return f"chunk {result.chunk_index + 1} of {manifest.n_chunks} failed on {result.engine}: {result.error}"
 
 
 class Merger:
@@ -104,17 +79,18 @@ class Merger:
         self._prices = Prices.from_settings(settings)
         self._clock = clock
 
-    def routes(self) -> dict[str, Handler]:
-        return {"/pubsub": self.handle_results, "/dead-letter": self.handle_dead_letter}
+    @property
+    def jobs(self) -> JobStore:
+        return self._jobs
 
     # --- /pubsub ---
-    def handle_results(self, message: PushMessage) -> None:
+    def handle_results(self, message: Message) -> None:
         """A message from ``asr-results``, told apart by its ``type`` attribute."""
         kind = message.attributes.get(ATTR_TYPE)
         if kind == TYPE_CHUNK_RESULT:
-            self.on_chunk_result(decode(ChunkResult, message.data))
+            self.on_chunk_result(parse(ChunkResult, message.data))
         elif kind == TYPE_JOB_FAILED:
-            self.on_job_failed(decode(JobFailed, message.data))
+            self.on_job_failed(parse(JobFailed, message.data))
         else:
             raise MalformedMessageError(f"asr-results message {message.message_id} has no known type attribute ({kind!r})")
 
@@ -135,8 +111,7 @@ class Merger:
         if not self._jobs.put_chunk_result(result):
             log.info("chunk result already stored (redelivery)", extra=ctx)
         if result.error:
-            reason = f"chunk {result.chunk_index + 1} of {manifest.n_chunks} failed on {result.engine}: {result.error}"
-            self.finalise_failed(job_id, reason, manifest=manifest)
+            self.finalise_failed(job_id, chunk_failure_reason(result, manifest), manifest=manifest)
             return
         stored = self._jobs.chunk_indices(job_id) & set(range(manifest.n_chunks))
         self._progress(manifest, len(stored))
@@ -169,8 +144,7 @@ class Merger:
         results = self._jobs.chunk_results(job_id)
         failed = next((r for r in results if r.error), None)
         if failed is not None:
-            reason = f"chunk {failed.chunk_index + 1} of {manifest.n_chunks} failed on {failed.engine}: {failed.error}"
-            self.finalise_failed(job_id, reason, manifest=manifest)
+            self.finalise_failed(job_id, chunk_failure_reason(failed, manifest), manifest=manifest)
             return
         transcript = stitch(manifest, results)
         summary = summarise(manifest, results, self._prices, transcript)
@@ -207,7 +181,7 @@ class Merger:
         ), results)
 
     def _claim(self, outcome: FinalOutcome, results: list[ChunkResult]) -> None:
-        if not self._jobs.claim_final(outcome.job_id, outcome.to_bytes()):
+        if not self._jobs.claim_final(outcome):
             log.info("another merger finalised this job", extra={"job_id": outcome.job_id})
             return
         log.info("job %s%s", outcome.state, f": {outcome.reason}" if outcome.reason else "",
@@ -236,13 +210,12 @@ class Merger:
 
     def resume_if_stale(self, job_id: str, lease_s: float = CLAIM_LEASE_S) -> bool:
         """Complete a job whose claimer stopped half-way (claimed long ago, status or webhook unfinished)."""
-        blob = self._store.read(self._jobs.bucket, f"{job_prefix(job_id)}final.json")
-        if blob is None:
+        outcome = self._jobs.final_outcome(job_id)
+        if outcome is None:
             return False
         status = self._jobs.status(job_id)
         if status is not None and status.final and status.webhook.state not in ("none", "pending"):
             return False
-        outcome = decode(FinalOutcome, blob.data)
         if self._clock() - outcome.claimed_at < timedelta(seconds=lease_s):
             return False
         log.warning("completing job %s claimed at %s but never finished", job_id, outcome.claimed_at.isoformat(),
@@ -266,92 +239,3 @@ class Merger:
         if status.finished_at is not None:
             latency = (status.finished_at - status.created_at).total_seconds()
             rec(mn.JOB_LATENCY_SECONDS, max(0.0, latency), {"status": status.state})
-
-    # --- /dead-letter ---
-    def handle_dead_letter(self, message: PushMessage) -> None:
-        """Always ack, except when a dependency is down (then Pub/Sub retries the dead letter)."""
-        try:
-            self._dead_letter(message)
-        except TransientError:
-            raise
-        except ParascribeError as err:
-            log.error("dead letter %s dropped: %s", message.message_id, err.reason)
-        except Exception:
-            log.exception("dead letter %s dropped after an unexpected error", message.message_id)
-
-    def _dead_letter(self, message: PushMessage) -> None:
-        attrs = message.attributes
-        count = attrs.get(DLQ_COUNT_ATTR) or "several"
-        where = attrs.get(DLQ_SUBSCRIPTION_ATTR, "").rsplit("/", 1)[-1] or "its subscription"
-        if "bucketId" in attrs and "objectId" in attrs:
-            self._dead_upload(message, count)
-        elif attrs.get(ATTR_TYPE) == TYPE_JOB_FAILED:
-            self.on_job_failed(decode(JobFailed, message.data))
-        elif attrs.get(ATTR_TYPE) == TYPE_CHUNK_RESULT:
-            result = decode(ChunkResult, message.data)
-            if self._jobs.is_final(result.job_id):
-                self.resume_if_stale(result.job_id, lease_s=0)
-                return
-            self.finalise_failed(result.job_id, (
-                f"the merger could not record the result of chunk {result.chunk_index + 1} of {result.n_chunks} "
-                f"after {count} attempts on {where}; check the merger's logs and the state bucket, then re-upload"
-            ))
-        else:
-            self._dead_task(decode(ChunkTask, message.data), count, where)
-
-    def _dead_upload(self, message: PushMessage, count: str) -> None:
-        attrs = message.attributes
-        bucket, name, generation = attrs["bucketId"], attrs["objectId"], attrs.get("objectGeneration", "")
-        size = 0
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            size = int(json.loads(message.data or b"{}").get("size", 0))
-        source = SourceRef(bucket=bucket, name=name, generation=str(generation), size=max(size, 0))
-        job_id = make_job_id(bucket, name, generation)
-        if bucket != self._settings.uploads_bucket:
-            log.info("dead-lettered notification for another bucket (%s) ignored", bucket)
-            return
-        self.finalise_failed(job_id, (
-            f"the router failed {count} times to start a job for gs://{bucket}/{name} (generation {generation}); "
-            "check the router's logs, then upload the file again"
-        ), source=source)
-
-    def _dead_task(self, task: ChunkTask, count: str, where: str) -> None:
-        ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "path": task.path}
-        if self._jobs.is_final(task.job_id):
-            log.info("dead-lettered task for a finished job ignored", extra=ctx)
-            return
-        label = f"chunk {task.chunk.index + 1} of {task.n_chunks}"
-        if task.path == "gpu" and self._settings.enable_fallback and task.fallback_from is None:
-            fallback = task.model_copy(update={
-                "path": "deepgram",
-                "fallback_from": "gpu",
-                "fallback_reason": f"dead-lettered on gpu after {count} attempts",
-                "submitted_at": utcnow(),
-            })
-            self._publisher.publish(names.TOPIC_ASR_DEEPGRAM, fallback, {"job_id": task.job_id})
-            log.warning("%s dead-lettered on %s; sent to Deepgram", label, where, extra=ctx)
-            return
-        if task.path == "gpu":
-            why = "ENABLE_FALLBACK is false" if not self._settings.enable_fallback else "it had already fallen back"
-            reason = (f"{label} could not be transcribed on the GPU after {count} attempts and {why}; "
-                      "check the ASR worker's logs (or set ENABLE_FALLBACK=true), then re-upload")
-        else:
-            after = f" (it fell back from the GPU: {task.fallback_reason})" if task.fallback_reason else ""
-            reason = (f"{label} could not be transcribed by Deepgram after {count} attempts{after}; "
-                      "check DEEPGRAM_API_KEY and the Deepgram worker's logs, then re-upload")
-        log.error("%s dead-lettered on %s; failing the job", label, where, extra=ctx)
-        self.finalise_failed(task.job_id, reason, source=task.source)
-
-
-def build_merger(settings: Settings, service: str = "merger") -> tuple[Merger, MetricsExporter]:
-    """The merger with real adapters, as a service builds it once per process."""
-    from parascribe.bus import PubSubPublisher
-    from parascribe.metrics import exporter_from_settings
-    from parascribe.storage import GcsStore
-
-    store = GcsStore.create(settings.gcp_project)
-    jobs = JobStore(store, settings.state_bucket)
-    exporter = exporter_from_settings(settings, service=service)
-    notifier = WebhookNotifier(settings, jobs, exporter)
-    merger = Merger(settings, store, jobs, PubSubPublisher(settings.gcp_project), exporter, notifier)
-    return merger, exporter

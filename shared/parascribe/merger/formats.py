@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from parascribe.contracts import JobManifest, JobSummary, SourceRef, Word
-from parascribe.stitch import Transcript
+from parascribe.merger.stitch import Transcript
 
 MAX_LINE_CHARS = 42
 MAX_LINES = 2

@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 import numpy as np
 import torch
 
-from parascribe.engines.parakeet_runtime import release_host_memory
+from parascribe.engines.parakeet.runtime import release_host_memory
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from parascribe.contracts import ChunkResult, JobManifest, Segment, Word
+from parascribe.contracts import ChunkResult, JobManifest, Segment, Word, in_span
 
 MATCH_TOLERANCE_S = 0.5
 """Two copies of a word from neighbouring chunks are the same word if their midpoints are this close."""
@@ -97,10 +97,7 @@ def stitch(manifest: JobManifest, results: Sequence[ChunkResult], rules: Segment
         lo = bounds[k - 1] if k > 0 else -math.inf
         hi = bounds[k] if k < len(bounds) else math.inf
         ov = overrides[k]
-        if ov:
-            kept.extend(w for j, w in enumerate(words) if lo <= ov.get(j, (w.start + w.end) / 2) < hi)
-        else:
-            kept.extend(w for w in words if lo <= (w.start + w.end) / 2 < hi)
+        kept.extend(w for j, w in enumerate(words) if in_span(ov.get(j, w.mid), lo, hi))
     kept = [w for w in kept if w.text.strip()]
     segments, spans = build_segments(kept, rules or SegmentRules())
     return Transcript(words=kept, segments=segments, spans=spans, duration_s=manifest.audio.duration_s)
@@ -121,7 +118,7 @@ def _window(words: list[Word], b: float) -> list[int]:
         w = words[j]
         if w.start > b + _WINDOW_S:
             break
-        if abs((w.start + w.end) / 2 - b) <= _WINDOW_S:
+        if abs(w.mid - b) <= _WINDOW_S:
             out.append(j)
     return out
 
@@ -134,7 +131,7 @@ def _match_seam(left: list[Word], right: list[Word], b: float, ov_left: dict[int
     lw = [left[j] for j in li]
     rw = [right[j] for j in ri]
     for a, c in _align(lw, rw):
-        mid = ((lw[a].start + lw[a].end) / 2 + (rw[c].start + rw[c].end) / 2) / 2
+        mid = (lw[a].mid + rw[c].mid) / 2
         ov_left[li[a]] = mid
         ov_right[ri[c]] = mid
 
@@ -144,8 +141,8 @@ def _align(a: list[Word], c: list[Word]) -> list[tuple[int, int]]:
     na, nc = len(a), len(c)
     ka = [normalise(w.text) for w in a]
     kc = [normalise(w.text) for w in c]
-    ma = [(w.start + w.end) / 2 for w in a]
-    mc = [(w.start + w.end) / 2 for w in c]
+    ma = [w.mid for w in a]
+    mc = [w.mid for w in c]
     # score[i][j]: best (matches, -distance) aligning a[i:] with c[j:]
     score = [[(0, 0.0)] * (nc + 1) for _ in range(na + 1)]
     for i in range(na - 1, -1, -1):

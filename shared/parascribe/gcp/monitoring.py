@@ -6,16 +6,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 from google.api import metric_pb2
 from google.api_core import exceptions as gexc
 from google.cloud import monitoring_v3
 
-from parascribe.metrics import MIN_POINT_SPACING_S, Aggregator, Point
-
-if TYPE_CHECKING:
-    from parascribe.config import Settings
+from parascribe.config import Settings
+from parascribe.metrics import MIN_POINT_SPACING_S, Aggregator, LocalExporter, MetricsExporter, NullExporter, Point
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +87,12 @@ class CloudMonitoringExporter(Aggregator):
                 self._client.create_time_series(name=self._name, time_series=batch, timeout=self._timeout_s)
             except gexc.GoogleAPICallError as err:
                 log.warning("Cloud Monitoring rejected %d series: %s", len(batch), err)
+
+
+def exporter_from_settings(settings: Settings, service: str = "merger") -> MetricsExporter:
+    """The exporter ``METRICS_EXPORTER`` asks for (cloud exporters start their flush timer)."""
+    if settings.metrics_exporter == "none":
+        return NullExporter()
+    if settings.metrics_exporter == "local":
+        return LocalExporter(settings.metrics_local_path, service=service)
+    return CloudMonitoringExporter.from_settings(settings, service=service).start()

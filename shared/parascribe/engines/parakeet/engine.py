@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -29,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from parascribe.audio import SAMPLE_RATE
 from parascribe.config import Settings
-from parascribe.contracts import EngineName, Word
-from parascribe.engines.base import SAMPLE_RATE, AudioChunk, EngineOutput
-from parascribe.engines.parakeet_attention import AttentionPlanner, gpu_attention_budget, long_audio_threshold
-from parascribe.engines.parakeet_runtime import (
+from parascribe.contracts import EngineName, Word, in_span, midpoint
+from parascribe.engines.base import AudioChunk, EngineOutput
+from parascribe.engines.parakeet.attention import AttentionPlanner, gpu_attention_budget, long_audio_threshold
+from parascribe.engines.parakeet.runtime import (
     ModelSource,
     Precision,
     cap_gpu_memory,
@@ -46,7 +48,7 @@ from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableErro
 if TYPE_CHECKING:
     import torch
 
-    from parascribe.engines.parakeet_runner import RawWord, Result, Runner
+    from parascribe.engines.parakeet.runner import RawWord, Result, Runner
 
 __all__ = ["ParakeetEngine", "stitch_halves", "weights_available"]
 
@@ -70,9 +72,9 @@ def stitch_halves(left: list[RawWord], right: list[RawWord], cut_s: float) -> li
         right: words of the second piece, already shifted into the same time base.
         cut_s: the seam.
     """
-    kept = [w for w in left if (w[1] + w[2]) / 2 < cut_s]
-    floor = kept[-1][2] if kept else float("-inf")
-    return kept + [w for w in right if (w[1] + w[2]) / 2 >= max(cut_s, floor)]
+    kept = [w for w in left if in_span(midpoint(w[1], w[2]), -math.inf, cut_s)]
+    floor = kept[-1][2] if kept else -math.inf
+    return kept + [w for w in right if in_span(midpoint(w[1], w[2]), max(cut_s, floor), math.inf)]
 
 
 class ParakeetEngine:
@@ -123,7 +125,7 @@ class ParakeetEngine:
         """
         import torch
 
-        from parascribe.engines.parakeet_runner import Runner
+        from parascribe.engines.parakeet.runner import Runner
 
         self._device = torch.device(device)
         self._primary: Runner | None = Runner(model, self._device, bf16, int8)
@@ -238,7 +240,7 @@ class ParakeetEngine:
             EngineOOMError: a batch of more than one chunk did not fit; a smaller one may.
             EngineError: a single chunk failed after every recovery step, or NeMo failed.
         """
-        from parascribe.engines.parakeet_runner import OutOfMemory, Result
+        from parascribe.engines.parakeet.runner import OutOfMemory, Result
 
         runner = self._runner()
         results = [Result([], "") for _ in batch]
@@ -283,7 +285,7 @@ class ParakeetEngine:
     # --- one chunk that did not fit ---
 
     def _recover(self, samples: np.ndarray, tried_local: bool) -> Result:
-        from parascribe.engines.parakeet_runner import OutOfMemory
+        from parascribe.engines.parakeet.runner import OutOfMemory
 
         seconds = len(samples) / SAMPLE_RATE
         try:
@@ -309,7 +311,7 @@ class ParakeetEngine:
 
     def _shrink(self, runner: Runner, samples: np.ndarray, depth: int, tried_local: bool) -> Result:
         """Local attention first, then halves (recursively). Raises OutOfMemory when nothing fits."""
-        from parascribe.engines.parakeet_runner import OutOfMemory, Result
+        from parascribe.engines.parakeet.runner import OutOfMemory, Result
 
         if not tried_local:
             self.recoveries["local_attention"] += 1
@@ -334,7 +336,7 @@ class ParakeetEngine:
         return Result(words=words, text=" ".join(w[0] for w in words))
 
     def _piece(self, runner: Runner, samples: np.ndarray, depth: int) -> Result:
-        from parascribe.engines.parakeet_runner import OutOfMemory
+        from parascribe.engines.parakeet.runner import OutOfMemory
 
         local = self._planner.is_local(len(samples))
         runner.set_local(local)
@@ -352,7 +354,7 @@ class ParakeetEngine:
     def _cpu_runner(self) -> Runner:
         import torch
 
-        from parascribe.engines.parakeet_runner import Runner
+        from parascribe.engines.parakeet.runner import Runner
 
         if self._cpu is None:
             assert self._cpu_loader is not None

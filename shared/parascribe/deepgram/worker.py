@@ -7,7 +7,7 @@ transcript and publishes a :class:`~parascribe.contracts.ChunkResult` to
 - ``whole_file`` tasks: Deepgram fetches the source itself through a V4 signed
   URL, so no audio passes through the worker;
 - chunk spans: the span is cut from a local copy of the source
-  (:class:`~parascribe.decode.SourceCache`), encoded as FLAC and sent as bytes.
+  (:class:`~parascribe.gcp.source_cache.SourceCache`), encoded as FLAC and sent as bytes.
 
 Errors: a :class:`PermanentError` (audio Deepgram cannot read) publishes a
 result carrying ``error`` (the merger fails the job) and acks;
@@ -28,40 +28,24 @@ than it can send; a request that waits too long for a slot is nacked.
 
 from __future__ import annotations
 
-import io
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-import google.auth
-import google.auth.transport.requests
-import google.cloud.storage as storage
-import numpy as np
-import soundfile as sf
-from flask import Flask
-from google.auth.credentials import AnonymousCredentials, Signing
-
 from parascribe import names
-from parascribe.bus import Publisher, PubSubPublisher
+from parascribe.audio import decode_file, encode_flac
 from parascribe.config import Settings
-from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkResult, ChunkTask, SourceRef, decode
-from parascribe.decode import SourceCache, decode_file
-from parascribe.engines.base import SAMPLE_RATE
-from parascribe.engines.deepgram import DeepgramTranscriber, DeepgramTranscript
+from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkResult, ChunkTask, SourceRef, parse
+from parascribe.deepgram.client import DeepgramTranscript
 from parascribe.errors import BadAudioError, DeepgramAuthError, PermanentError, TransientError
-from parascribe.pushapp import PushMessage
-from parascribe.pushapp import create_app as create_push_app
-from parascribe.storage import BlobStore, GcsStore
+from parascribe.gcp.pubsub import Message, Publisher
+from parascribe.gcp.storage import BlobStore
 
 log = logging.getLogger(__name__)
-
-SERVICE = "deepgram_worker"
 
 Signer = Callable[[SourceRef, timedelta], str]
 """Returns a V4 signed GET URL for a source object, valid for the given time."""
@@ -75,83 +59,6 @@ class Transcriber(Protocol):
 
 class SourceFiles(Protocol):
     def path(self, source: SourceRef) -> Path: ...
-
-
-@lru_cache(maxsize=1)
-def _local_signing_credentials() -> Signing:
-    """A throwaway service-account key: fake-gcs-server accepts any V4 signature."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from google.oauth2 import service_account
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    info = {
-        "type": "service_account",
-        "client_email": "parascribe-local@parascribe-local.iam.gserviceaccount.com",
-        "private_key": pem,
-        "private_key_id": "local",
-        "token_uri": "https://oauth2.googleapis.com/token",
-    }
-    creds: Signing = service_account.Credentials.from_service_account_info(info)
-    return creds
-
-
-def emulator_signer(project: str, emulator_host: str) -> Signer:
-    """Signed URLs that point at fake-gcs-server (``STORAGE_EMULATOR_HOST``)."""
-    endpoint = emulator_host if "://" in emulator_host else f"http://{emulator_host}"
-    endpoint = endpoint.rstrip("/")
-    client = storage.Client(
-        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
-    )
-    credentials = _local_signing_credentials()
-
-    def sign(source: SourceRef, expires: timedelta) -> str:
-        blob = client.bucket(source.bucket).blob(source.name)
-        return str(blob.generate_signed_url(
-            version="v4", expiration=expires, method="GET", credentials=credentials,
-            api_access_endpoint=endpoint, generation=int(source.generation) if source.generation else None,
-        ))
-
-    return sign
-
-
-def gcs_signer(client: storage.Client) -> Signer:
-    """Signed URLs in GCP, also from Cloud Run's metadata-server credentials.
-
-    Those credentials hold no private key, so the signature is made by the IAM
-    ``signBlob`` API with the service account's own access token (the account
-    needs ``roles/iam.serviceAccountTokenCreator`` on itself).
-    """
-    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    lock = threading.Lock()
-
-    def sign(source: SourceRef, expires: timedelta) -> str:
-        blob = client.bucket(source.bucket).blob(source.name)
-        generation = int(source.generation) if source.generation else None
-        if isinstance(credentials, Signing):
-            return str(blob.generate_signed_url(
-                version="v4", expiration=expires, method="GET", credentials=credentials, generation=generation
-            ))
-        with lock:
-            if not credentials.valid:
-                credentials.refresh(google.auth.transport.requests.Request())
-            token = credentials.token
-        return str(blob.generate_signed_url(
-            version="v4", expiration=expires, method="GET", generation=generation,
-            service_account_email=getattr(credentials, "service_account_email", None), access_token=token,
-        ))
-
-    return sign
-
-
-def encode_flac(samples: np.ndarray) -> bytes:
-    """16 kHz mono float32 → 16-bit FLAC bytes."""
-    buf = io.BytesIO()
-    sf.write(buf, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
 
 
 class DeepgramWorker:
@@ -171,24 +78,18 @@ class DeepgramWorker:
         self._store = store
         self._publisher = publisher
         self._cache = cache
-        self._signer = signer or self._default_signer()
+        self._signer: Signer = signer or (
+            lambda source, expires: store.signed_url(source.bucket, source.name, expires, source.generation)
+        )
         self._slots = threading.BoundedSemaphore(settings.deepgram_max_concurrency)
         self._slot_wait_s = settings.deepgram_timeout_seconds
         self._url_ttl = timedelta(seconds=max(900.0, 3 * settings.deepgram_timeout_seconds))
-
-    def _default_signer(self) -> Signer:
-        if self._settings.storage_emulator_host:
-            return emulator_signer(self._settings.gcp_project, self._settings.storage_emulator_host)
-        if isinstance(self._store, GcsStore):
-            return gcs_signer(self._store.client)
-        store = self._store
-        return lambda source, expires: store.signed_url(source.bucket, source.name, expires)
 
     def signed_url(self, source: SourceRef) -> str:
         """A V4 signed GET URL for ``source``, valid long enough for Deepgram's retries."""
         return self._signer(source, self._url_ttl)
 
-    def handle(self, msg: PushMessage) -> None:
+    def handle(self, msg: Message) -> None:
         """Transcribe one chunk task and publish its result.
 
         Raises:
@@ -196,7 +97,7 @@ class DeepgramWorker:
             DeepgramAuthError: the key was rejected (nacked until someone fixes it).
             TransientError: Deepgram, storage or Pub/Sub may succeed later (nacked).
         """
-        task = decode(ChunkTask, msg.data)
+        task = parse(ChunkTask, msg.data)
         ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "engine": "deepgram",
                "path": "deepgram", "attempt": msg.delivery_attempt}
         if task.path != "deepgram":
@@ -274,26 +175,3 @@ class _Slot:
 
     def __exit__(self, *exc: object) -> None:
         self._slots.release()
-
-
-def build_worker(settings: Settings, cache_dir: Path | None = None) -> DeepgramWorker:
-    """The worker with real adapters: Deepgram SDK, GCS, Pub/Sub (emulators when configured).
-
-    Sources for chunk spans are cached under ``cache_dir`` up to ``SOURCE_CACHE_MB``;
-    on Cloud Run that disk is memory, so size the instance for it.
-    """
-    store = GcsStore.create(settings.gcp_project)
-    cache = SourceCache(store, cache_dir or Path(tempfile.gettempdir()) / "parascribe-deepgram-sources",
-                        int(settings.source_cache_mb * 1024 * 1024))
-    return DeepgramWorker(
-        settings,
-        transcriber=DeepgramTranscriber(settings),
-        store=store,
-        publisher=PubSubPublisher(settings.gcp_project),
-        cache=cache,
-    )
-
-
-def create_app(worker: DeepgramWorker) -> Flask:
-    """The push app: ``POST /pubsub`` for ``asr-deepgram-push``, ``GET /healthz``."""
-    return create_push_app(SERVICE, {"/pubsub": worker.handle}, ready=lambda: True)

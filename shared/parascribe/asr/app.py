@@ -1,0 +1,47 @@
+"""Wiring of the GPU ASR worker: GCS, Pub/Sub, a source cache and the engine ``ASR_ENGINE`` picks."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from parascribe.asr.worker import AsrWorker
+from parascribe.config import Settings
+from parascribe.engines.base import AsrEngine
+from parascribe.engines.select import load_engine
+from parascribe.errors import EngineUnavailableError
+from parascribe.gcp.pubsub import PubSubPublisher
+from parascribe.gcp.source_cache import SourceCache
+from parascribe.gcp.storage import GcsStore
+
+SERVICE = "asr_worker"
+
+
+def build(settings: Settings, cache_dir: Path | None = None, health_port: int | None = None) -> AsrWorker:
+    """The production wiring: GCS, Pub/Sub, a source cache and the engine ``ASR_ENGINE`` picks.
+
+    An engine that cannot load leaves a worker that forwards every task to
+    Deepgram, when ``ENABLE_FALLBACK`` allows it.
+
+    Args:
+        settings: the process settings.
+        cache_dir: where sources are copied; a fresh temporary folder when None.
+        health_port: the ``/healthz`` port; ``PORT`` when None.
+
+    Raises:
+        EngineUnavailableError: the engine cannot load and ``ENABLE_FALLBACK`` is false.
+    """
+    store = GcsStore.create(settings.gcp_project, settings.storage_emulator_host)
+    publisher = PubSubPublisher(settings.gcp_project)
+    cache = SourceCache(store, cache_dir or Path(tempfile.mkdtemp(prefix="parascribe-sources-")),
+                        max_bytes=int(settings.source_cache_mb * 1024 * 1024))
+    engine: AsrEngine | None = None
+    reason: str | None = None
+    try:
+        engine = load_engine(settings)
+    except EngineUnavailableError as err:
+        if not settings.enable_fallback:
+            raise
+        reason = err.reason
+    return AsrWorker(settings, engine, store, publisher, cache, engine_unavailable_reason=reason,
+                     health_port=settings.port if health_port is None else health_port)

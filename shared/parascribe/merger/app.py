@@ -1,0 +1,34 @@
+"""Wiring of the merger service: real adapters, both push routes, the metrics exporter."""
+
+from __future__ import annotations
+
+from parascribe.config import Settings
+from parascribe.gcp.monitoring import exporter_from_settings
+from parascribe.gcp.pubsub import PubSubPublisher, PushService, create_push_app
+from parascribe.gcp.storage import GcsStore
+from parascribe.jobs import JobStore
+from parascribe.merger.dead_letter import DeadLetters
+from parascribe.merger.service import Merger
+from parascribe.merger.webhook import WebhookNotifier
+from parascribe.metrics import MetricsExporter
+
+SERVICE = "merger"
+
+
+def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushService:
+    """The merger: ``POST /pubsub`` (``merger-push``), ``POST /dead-letter`` (``dead-letter-push``), ``/healthz``.
+
+    Args:
+        settings: the process settings.
+        exporter: where metrics go; the one ``METRICS_EXPORTER`` names when None (closed with the service).
+    """
+    store = GcsStore.create(settings.gcp_project, settings.storage_emulator_host)
+    jobs = JobStore(store, settings.state_bucket)
+    owned = exporter is None
+    exporter = exporter or exporter_from_settings(settings, service=SERVICE)
+    publisher = PubSubPublisher(settings.gcp_project)
+    merger = Merger(settings, store, jobs, publisher, exporter, WebhookNotifier(settings, jobs, exporter))
+    dead_letters = DeadLetters(merger, jobs, publisher, uploads_bucket=settings.uploads_bucket,
+                               enable_fallback=settings.enable_fallback)
+    app = create_push_app(SERVICE, {"/pubsub": merger.handle_results, "/dead-letter": dead_letters.handle})
+    return PushService(SERVICE, app, [exporter.close] if owned else [])

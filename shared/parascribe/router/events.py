@@ -1,0 +1,159 @@
+"""Upload notifications in both trigger shapes, parsed into an :class:`UploadEvent`.
+
+One shape is a GCS notification pushed through Pub/Sub, which functions-framework
+turns into a ``google.cloud.pubsub.topic.v1.messagePublished`` CloudEvent. The other
+is an Eventarc storage trigger, which sends ``google.cloud.storage.object.v1.finalized``.
+The object's ``parascribe-*`` custom metadata says which method and deadline the
+uploader asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime
+from typing import Any, get_args
+
+from cloudevents.http import CloudEvent
+from pydantic import TypeAdapter, ValidationError
+
+from parascribe.contracts import Method, SourceRef, UploadEvent
+from parascribe.errors import MalformedMessageError
+from parascribe.gcp.pubsub import Message
+
+log = logging.getLogger(__name__)
+
+PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
+STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
+_STORAGE_PREFIX = "google.cloud.storage.object.v1."
+
+META_METHOD = "parascribe-method"
+META_DEADLINE = "parascribe-deadline-minutes"
+_METHODS: tuple[str, ...] = get_args(Method)
+_TIME = TypeAdapter(datetime)
+
+
+def parse_event(event: CloudEvent) -> UploadEvent | None:
+    """Read an upload notification in either trigger shape.
+
+    Args:
+        event: a ``messagePublished`` CloudEvent that wraps a GCS notification
+            (JSON_API_V1 payload), or a storage ``finalized`` CloudEvent.
+
+    Returns:
+        The upload, or None for a notification that is not an OBJECT_FINALIZE
+        (deleted, archived or metadata updates), which the caller drops.
+        Invalid ``parascribe-*`` metadata is reported in ``metadata_error``,
+        not raised, so that the job fails with a reason.
+
+    Raises:
+        MalformedMessageError: the event does not describe an object.
+    """
+    event_type = event.get("type")
+    if event_type == PUBSUB_PUBLISHED:
+        resource, attributes = _from_pubsub(event.data)
+        kind = attributes.get("eventType")
+        if kind != "OBJECT_FINALIZE":
+            log.info("ignoring %s notification for gs://%s/%s", kind, attributes.get("bucketId"),
+                     attributes.get("objectId"))
+            return None
+    elif event_type == STORAGE_FINALIZED:
+        resource, attributes = _as_object(event.data, "storage event data"), {}
+    elif isinstance(event_type, str) and event_type.startswith(_STORAGE_PREFIX):
+        log.info("ignoring %s event for %s", event_type, event.get("subject"))
+        return None
+    else:
+        raise MalformedMessageError(f"unexpected CloudEvent type {event_type!r}: the router takes upload notifications")
+    return _upload(resource, attributes, event.get("time"))
+
+
+def _from_pubsub(data: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    message = Message.from_push(data)
+    attributes = message.attributes
+    if "eventType" not in attributes:
+        raise MalformedMessageError("Pub/Sub message is not a GCS notification (no eventType attribute)")
+    if attributes["eventType"] != "OBJECT_FINALIZE":
+        return {}, attributes
+    if not message.data:
+        raise MalformedMessageError(
+            "GCS notification has no object payload; create the bucket notification with payload format JSON_API_V1"
+        )
+    return _as_object(message.data, "GCS notification payload"), attributes
+
+
+def _as_object(data: Any, what: str) -> dict[str, Any]:
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            raise MalformedMessageError(f"{what} is not JSON") from None
+    if not isinstance(data, dict):
+        raise MalformedMessageError(f"{what} is not a JSON object")
+    return data
+
+
+def _upload(resource: dict[str, Any], attributes: dict[str, str], ce_time: Any) -> UploadEvent:
+    bucket = resource.get("bucket") or attributes.get("bucketId")
+    name = resource.get("name") or attributes.get("objectId")
+    generation = str(resource.get("generation") or attributes.get("objectGeneration") or "")
+    if not isinstance(bucket, str) or not bucket or not isinstance(name, str) or not name:
+        raise MalformedMessageError("object notification has no bucket or object name")
+    if not generation.isdigit():
+        raise MalformedMessageError(f"object notification for gs://{bucket}/{name} has no valid generation")
+    try:
+        size = int(resource["size"])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedMessageError(f"object notification for gs://{bucket}/{name} has no valid size") from None
+    content_type = resource.get("contentType")
+    try:
+        source = SourceRef(
+            bucket=bucket, name=name, generation=generation, size=size,
+            content_type=content_type if isinstance(content_type, str) else None,
+        )
+    except ValidationError as err:
+        raise MalformedMessageError(f"object notification for gs://{bucket}/{name}: {err.errors()[0]['msg']}") from None
+    metadata = resource.get("metadata") or {}
+    method, deadline, problems = _requested(metadata if isinstance(metadata, dict) else {})
+    return UploadEvent(
+        source=source,
+        event_time=_time(resource.get("timeCreated") or ce_time),
+        method=method,
+        deadline_minutes=deadline,
+        metadata_error="; ".join(problems) or None,
+    )
+
+
+def _requested(metadata: dict[str, Any]) -> tuple[Method | None, float | None, list[str]]:
+    """The method and deadline a client asked for in the object's custom metadata."""
+    problems: list[str] = []
+    method: Method | None = None
+    deadline: float | None = None
+    raw_method = metadata.get(META_METHOD)
+    if raw_method is not None:
+        value = str(raw_method).strip().lower()
+        if value in _METHODS:
+            method = value  # type: ignore[assignment]
+        else:
+            problems.append(f"{META_METHOD} {str(raw_method)!r} is not one of {', '.join(_METHODS)}")
+    raw_deadline = metadata.get(META_DEADLINE)
+    if raw_deadline is not None:
+        try:
+            deadline = float(str(raw_deadline).strip())
+        except ValueError:
+            deadline = None
+        if deadline is None or not math.isfinite(deadline) or deadline <= 0:
+            problems.append(f"{META_DEADLINE} {str(raw_deadline)!r} is not a positive number of minutes")
+            deadline = None
+    return method, deadline, problems
+
+
+def _time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return _TIME.validate_python(value)
+    except ValidationError:
+        return None
+
+

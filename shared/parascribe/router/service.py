@@ -1,0 +1,188 @@
+"""The router: turn an upload into a planned job and its chunk tasks.
+
+Every step can be repeated. The job id is derived from (bucket, object,
+generation). The manifest is written once. A ``published`` marker, written
+after the tasks are published, makes a duplicate notification cost nothing.
+Bad input fails the job with a reason and the message is acked. A transient
+error propagates, so the message is nacked and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cloudevents.http import CloudEvent
+
+from parascribe import names
+from parascribe.config import Settings
+from parascribe.contracts import (
+    ATTR_TYPE,
+    TYPE_JOB_FAILED,
+    ChunkSpec,
+    ChunkTask,
+    JobFailed,
+    JobManifest,
+    JobStatus,
+    Method,
+    SourceRef,
+    UploadEvent,
+    utcnow,
+)
+from parascribe.errors import PermanentError, TransientError, is_transient
+from parascribe.gcp.pubsub import Publisher
+from parascribe.gcp.storage import BlobStore
+from parascribe.jobs import JobStore, job_prefix
+from parascribe.router.events import parse_event
+from parascribe.router.planner import is_whole_file, make_plan
+from parascribe.router.probe import probe
+
+log = logging.getLogger(__name__)
+
+
+def published_marker(job_id: str) -> str:
+    """Path in the state bucket of the marker written once a job's tasks are published."""
+    return f"{job_prefix(job_id)}published"
+
+
+class Router:
+    """Probes, validates and plans an upload, then publishes its chunk tasks."""
+
+    def __init__(self, settings: Settings, store: BlobStore, publisher: Publisher, jobs: JobStore) -> None:
+        self._settings = settings
+        self._store = store
+        self._publisher = publisher
+        self._jobs = jobs
+
+    def handle_event(self, event: CloudEvent) -> None:
+        """Parse and route one event, mapping errors to ack (return) or retry (raise).
+
+        A malformed event is logged and acked: redelivering it cannot help. A
+        :class:`PermanentError` never escapes. A transient or unexpected error
+        propagates, which becomes HTTP 500, so the event is retried.
+        """
+        try:
+            upload = parse_event(event)
+            if upload is not None:
+                self.handle(upload)
+        except Exception as err:
+            if is_transient(err):
+                raise
+            log.error("permanent failure for event %s, acked: %s", event.get("id"), getattr(err, "reason", err))
+
+    def handle(self, upload: UploadEvent) -> None:
+        """Route one upload. Safe to call again with the same upload.
+
+        Raises:
+            TransientError: storage or Pub/Sub failed; the message must be retried.
+        """
+        source = upload.source
+        if source.bucket != self._settings.uploads_bucket:
+            log.info("ignoring %s: not in the uploads bucket %s", source.uri, self._settings.uploads_bucket)
+            return
+        job_id = source.job_id
+        ctx = {"job_id": job_id}
+        status = self._jobs.status(job_id)
+        if status is not None and status.final:
+            log.info("job for %s is already %s; duplicate notification", source.uri, status.state, extra=ctx)
+            return
+        if self._store.info(self._jobs.bucket, published_marker(job_id)) is not None:
+            log.info("tasks for %s were already published; duplicate notification", source.uri, extra=ctx)
+            return
+        manifest = self._jobs.manifest(job_id)
+        if manifest is None:
+            try:
+                manifest = self._new_manifest(upload, job_id)
+            except PermanentError as err:
+                self._fail(job_id, source, err.reason)
+                return
+            if not self._jobs.create_manifest(manifest):
+                stored = self._jobs.manifest(job_id)
+                if stored is None:
+                    raise TransientError(f"the manifest of {job_id} exists but could not be read")
+                manifest = stored
+        else:
+            log.info("reusing the stored plan for %s", source.uri, extra=ctx)
+        final_manifest = manifest
+        self._jobs.update_status(
+            job_id,
+            lambda current: None if current is not None else JobStatus(
+                job_id=job_id, state="queued", chunks_total=final_manifest.n_chunks, source=source,
+            ),
+        )
+        self._publish(manifest)
+        self._store.write(
+            self._jobs.bucket, published_marker(job_id), utcnow().isoformat().encode(),
+            content_type="text/plain", if_generation_match=0,
+        )
+
+    def _new_manifest(self, upload: UploadEvent, job_id: str) -> JobManifest:
+        s = self._settings
+        source = upload.source
+        if upload.metadata_error:
+            raise PermanentError(f"invalid object metadata: {upload.metadata_error}")
+        size_mb = source.size / 1024 / 1024
+        if size_mb > s.max_upload_mb:
+            raise PermanentError(
+                f"the object is {size_mb:.{1 if size_mb < 10 else 0}f} MB; the limit is {s.max_upload_mb:g} MB "
+                "(MAX_UPLOAD_MB)"
+            )
+        audio = probe(self._store, source, s.max_audio_minutes * 60.0)
+        requested: Method = upload.method or s.transcription_method
+        deadline_minutes = upload.deadline_minutes or s.default_deadline_minutes
+        plan = make_plan(audio.duration_s, s, requested, deadline_minutes * 60.0, size_bytes=source.size)
+        paths = [c.path for c in plan.chunks]
+        log.info(
+            "planned %s: %.1f s in %d chunks (gpu %d, deepgram %d%s), method %s (asked %s), "
+            "estimated %.0f s against a %.0f min deadline%s, cost $%.4f vs $%.4f all-Deepgram",
+            source.uri, audio.duration_s, len(paths), paths.count("gpu"), paths.count("deepgram"),
+            ", whole file" if plan.whole_file else "", plan.method, requested, plan.estimated_finish_s,
+            deadline_minutes, "" if plan.meets_deadline else " (misses it)", plan.estimated_cost_usd,
+            plan.estimated_deepgram_only_usd, extra={"job_id": job_id},
+        )
+        return JobManifest(
+            job_id=job_id,
+            source=source,
+            audio=audio,
+            method=plan.method,
+            deadline_minutes=deadline_minutes,
+            chunks=plan.chunks,
+            estimated_cost_usd=plan.estimated_cost_usd,
+            estimated_deepgram_only_usd=plan.estimated_deepgram_only_usd,
+        )
+
+    def _publish(self, manifest: JobManifest) -> None:
+        whole = is_whole_file(manifest.chunks)
+        for planned in manifest.chunks:
+            task = ChunkTask(
+                job_id=manifest.job_id,
+                source=manifest.source,
+                audio=manifest.audio,
+                chunk=ChunkSpec(**planned.model_dump(exclude={"schema_version", "path"})),
+                n_chunks=manifest.n_chunks,
+                path=planned.path,
+                whole_file=whole,
+            )
+            topic = names.TOPIC_ASR_GPU if planned.path == "gpu" else names.TOPIC_ASR_DEEPGRAM
+            self._publisher.publish(topic, task, {"job_id": manifest.job_id})
+        log.info("published %d chunk tasks", manifest.n_chunks, extra={"job_id": manifest.job_id})
+
+    def _fail(self, job_id: str, source: SourceRef, reason: str) -> None:
+        """Report a job that cannot run. JobFailed goes first so a redelivery still sends it."""
+        log.warning("rejecting %s: %s", source.uri, reason, extra={"job_id": job_id})
+        self._publisher.publish(
+            names.TOPIC_ASR_RESULTS,
+            JobFailed(job_id=job_id, reason=reason, source=source),
+            {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id},
+        )
+
+        def failed(current: JobStatus | None) -> JobStatus | None:
+            if current is not None and current.final:
+                return None
+            status = current or JobStatus(job_id=job_id, state="failed")
+            status.state = "failed"
+            status.reason = reason
+            status.source = source
+            status.finished_at = utcnow()
+            return status
+
+        self._jobs.update_status(job_id, failed)
