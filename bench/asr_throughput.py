@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import _repo  # noqa: F401  (puts the repository root on sys.path for tests.parakeet_arch)
 import numpy as np
 import torch
 

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import _repo  # noqa: F401  (puts the repository root on sys.path for tests.parakeet_arch)
 import torch
 from asr_throughput import PeakMemory, encode, report, synthetic_audio, timed
 

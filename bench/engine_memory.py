@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import _repo  # noqa: F401  (puts the repository root on sys.path for tests.parakeet_arch)
 import numpy as np
 
 from parascribe.audio import SAMPLE_RATE
