@@ -161,7 +161,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_webhook(args: argparse.Namespace) -> int:
-    from parascribe.merger.webhook import redeliver
+    from parascribe.merger.webhook import WebhookOptions, redeliver
 
     settings, _, jobs = _clients()
     if not settings.convex_webhook_url:
@@ -174,7 +174,7 @@ def cmd_webhook(args: argparse.Namespace) -> int:
             settings = load_settings(
                 convex_webhook_url=state.env["CONVEX_WEBHOOK_URL"], convex_webhook_secret=state.webhook_secret
             )
-    result = redeliver(settings, jobs, args.job_id)
+    result = redeliver(WebhookOptions.from_settings(settings), jobs, args.job_id)
     print(result)
     return 0
 

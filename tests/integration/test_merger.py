@@ -25,7 +25,7 @@ from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.merger.app import build
 from parascribe.merger.formats import FORMATS
 from parascribe.merger.service import Merger
-from parascribe.merger.webhook import WebhookNotifier, verify
+from parascribe.merger.webhook import WebhookNotifier, WebhookOptions, verify
 from parascribe.metrics import summarise_local
 from tests.fakes import RecordingExporter
 from tests.service_entry import load_service_main
@@ -124,7 +124,7 @@ def test_two_mergers_on_real_gcs_deliver_once(settings: Settings, store: GcsStor
     for _ in range(3):
         exp = RecordingExporter()
         exporters.append(exp)
-        notifier = WebhookNotifier(settings, jobs, exp)
+        notifier = WebhookNotifier(WebhookOptions.from_settings(settings), jobs, exp)
         mergers.append(Merger(settings, store, jobs, PubSubPublisher(settings.gcp_project), exp, notifier))
     job = Job(jobs, n_chunks=2, name="race.wav")
     msg = Message(data=job.results[0].to_bytes(), attributes={ATTR_TYPE: TYPE_CHUNK_RESULT})

@@ -5,19 +5,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from deepgram import DeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.core.unchecked_base_model import construct_type
 from deepgram.types.listen_v1response import ListenV1Response
 from pydantic import SecretStr
 
 from parascribe import metric_names
-from parascribe.config import Settings, load_settings
-from parascribe.deepgram.client import DeepgramTranscriber, build_client, classify, normalise
+from parascribe.config import load_settings
+from parascribe.deepgram.client import (
+    LOCAL_PLACEHOLDER_KEY,
+    DeepgramOptions,
+    DeepgramTranscriber,
+    build_client,
+    classify,
+    normalise,
+)
 from parascribe.errors import ConfigError, DeepgramAuthError, PermanentError, TransientError
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from tests.fakes import RecordingExporter
@@ -45,10 +54,10 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return speak(SENTENCE, tmp_path_factory.mktemp("dg-speech") / "report.wav", rate=140).read_bytes()
 
 
-def settings_for(server: RunningServer, **overrides: object) -> Settings:
+def options_for(server: RunningServer, **overrides: object) -> DeepgramOptions:
     values: dict[str, object] = {"deepgram_base_url": server.url, "deepgram_api_key": SecretStr(KEY)}
     values.update(overrides)
-    return load_settings(**values)
+    return DeepgramOptions.from_settings(load_settings(**values))
 
 
 def fault(server: RunningServer, **body: object) -> None:
@@ -60,7 +69,7 @@ def stats(server: RunningServer) -> dict[str, object]:
 
 
 def test_speech_becomes_punctuated_file_time_words(server: RunningServer, speech: bytes) -> None:
-    transcriber = DeepgramTranscriber(settings_for(server))
+    transcriber = DeepgramTranscriber(options_for(server))
     result = transcriber.transcribe_bytes(speech, offset_s=30.0)
 
     assert word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35, result.text
@@ -70,14 +79,14 @@ def test_speech_becomes_punctuated_file_time_words(server: RunningServer, speech
     assert [w.start for w in result.words] == sorted(w.start for w in result.words)
     assert result.words[-1].text.endswith(".")  # punctuated_word, an SDK extra field, was used
     assert all(w.speaker is None for w in result.words)
-    assert result.request_id
+    assert str(uuid.UUID(result.request_id)) == result.request_id  # the server's id for this request
     sent = stats(server)["last_params"]
     assert isinstance(sent, dict)
     assert sent["model"] == "nova-3" and sent["smart_format"] == "true" and sent["language"] == "en"
 
 
 def test_diarized_words_carry_speakers(server: RunningServer, speech: bytes) -> None:
-    result = DeepgramTranscriber(settings_for(server, deepgram_diarize=True)).transcribe_bytes(speech)
+    result = DeepgramTranscriber(options_for(server, deepgram_diarize=True)).transcribe_bytes(speech)
     assert result.words and all(w.speaker == 0 for w in result.words)
 
 
@@ -111,19 +120,19 @@ def file_server(speech: bytes) -> Iterator[str]:
 
 
 def test_url_is_fetched_by_the_server(server: RunningServer, file_server: str) -> None:
-    result = DeepgramTranscriber(settings_for(server)).transcribe_url(file_server + "/audio.wav?X-Goog-Signature=abc")
+    result = DeepgramTranscriber(options_for(server)).transcribe_url(file_server + "/audio.wav?X-Goog-Signature=abc")
     assert word_error_rate(SENTENCE, result.text) <= 0.35
     assert stats(server)["last_source"] == "url"
 
 
 def test_unreachable_url_is_permanent(server: RunningServer, file_server: str) -> None:
     with pytest.raises(PermanentError, match="404"):
-        DeepgramTranscriber(settings_for(server)).transcribe_url(file_server + "/missing.wav")
+        DeepgramTranscriber(options_for(server)).transcribe_url(file_server + "/missing.wav")
 
 
 def test_corrupt_audio_is_permanent_with_deepgrams_message(server: RunningServer) -> None:
     with pytest.raises(PermanentError, match="corrupt or unsupported data"):
-        DeepgramTranscriber(settings_for(server)).transcribe_bytes(b"definitely not audio" * 50)
+        DeepgramTranscriber(options_for(server)).transcribe_bytes(b"definitely not audio" * 50)
 
 
 def test_wrong_key_is_an_auth_error_counted_and_never_logged(
@@ -131,7 +140,7 @@ def test_wrong_key_is_an_auth_error_counted_and_never_logged(
 ) -> None:
     wrong = "wrong-secret-key-42"
     exporter = RecordingExporter()
-    transcriber = DeepgramTranscriber(settings_for(server, deepgram_api_key=SecretStr(wrong)), exporter=exporter)
+    transcriber = DeepgramTranscriber(options_for(server, deepgram_api_key=SecretStr(wrong)), exporter=exporter)
     with caplog.at_level(logging.DEBUG), pytest.raises(DeepgramAuthError, match="401"):
         transcriber.transcribe_bytes(speech)
     assert exporter.records == [(metric_names.DEEPGRAM_AUTH_ERRORS, 1.0, {})]
@@ -143,9 +152,9 @@ def test_rate_limit_honours_retry_after_then_succeeds(server: RunningServer, spe
     fault(server, status=429, count=2, retry_after=1)
     before = stats(server)["requests"]
     started = time.monotonic()
-    result = DeepgramTranscriber(settings_for(server)).transcribe_bytes(speech)
+    result = DeepgramTranscriber(options_for(server)).transcribe_bytes(speech)
     elapsed = time.monotonic() - started
-    assert result.words
+    assert word_error_rate(SENTENCE, result.text) <= 0.35, result.text
     assert elapsed >= 2.0  # two Retry-After: 1 waits
     after = stats(server)
     assert isinstance(before, int) and after["requests"] == before + 3
@@ -155,38 +164,63 @@ def test_rate_limit_honours_retry_after_then_succeeds(server: RunningServer, spe
 
 def test_server_error_is_retried_by_the_sdk(server: RunningServer, speech: bytes) -> None:
     fault(server, status=500, count=1, retry_after=1)
-    assert DeepgramTranscriber(settings_for(server)).transcribe_bytes(speech).words
+    before = stats(server)["requests"]
+    result = DeepgramTranscriber(options_for(server)).transcribe_bytes(speech)
+    assert word_error_rate(SENTENCE, result.text) <= 0.35, result.text
+    assert isinstance(before, int) and stats(server)["requests"] == before + 2
 
 
 def test_persistent_unavailability_is_transient_after_bounded_retries(server: RunningServer, speech: bytes) -> None:
     fault(server, status=503, count=10, retry_after=1)
     before = stats(server)["requests"]
     with pytest.raises(TransientError, match="503"):
-        DeepgramTranscriber(settings_for(server), max_retries=1).transcribe_bytes(speech)
+        DeepgramTranscriber(options_for(server), max_retries=1).transcribe_bytes(speech)
     assert isinstance(before, int) and stats(server)["requests"] == before + 2
 
 
 def test_timeout_is_transient(server: RunningServer, speech: bytes) -> None:
     fault(server, status=0, count=1, delay_s=2.5)
-    transcriber = DeepgramTranscriber(settings_for(server, deepgram_timeout_seconds=1.0), max_retries=0)
+    transcriber = DeepgramTranscriber(options_for(server, deepgram_timeout_seconds=1.0), max_retries=0)
     with pytest.raises(TransientError, match="timed out"):
         transcriber.transcribe_bytes(speech)
 
 
 def test_refused_connection_is_transient() -> None:
-    settings = load_settings(deepgram_base_url="http://127.0.0.1:9", deepgram_api_key=SecretStr(KEY))
+    options = DeepgramOptions.from_settings(
+        load_settings(deepgram_base_url="http://127.0.0.1:9", deepgram_api_key=SecretStr(KEY))
+    )
     with pytest.raises(TransientError):
-        DeepgramTranscriber(settings, max_retries=0).transcribe_bytes(b"RIFF....")
+        DeepgramTranscriber(options, max_retries=0).transcribe_bytes(b"RIFF....")
 
 
 def test_real_api_without_a_key_fails_at_start_up() -> None:
     with pytest.raises(ConfigError, match="DEEPGRAM_API_KEY"):
-        build_client(load_settings(deepgram_api_key=None, deepgram_base_url=None))
+        build_client(DeepgramOptions.from_settings(load_settings(deepgram_api_key=None, deepgram_base_url=None)))
 
 
-def test_local_server_needs_no_key(server: RunningServer) -> None:
-    client = build_client(load_settings(deepgram_api_key=None, deepgram_base_url=server.url))
-    assert client is not None
+def test_local_server_needs_no_key(server: RunningServer, speech: bytes) -> None:
+    options = DeepgramOptions.from_settings(
+        load_settings(deepgram_api_key=None, deepgram_base_url=server.url + "/", deepgram_timeout_seconds=42)
+    )
+    client = build_client(options, max_retries=0)
+    assert type(client) is DeepgramClient
+    wrapper = client._client_wrapper  # where the SDK keeps the endpoint, key and timeout it was built with
+    env = wrapper.get_environment()
+    ws = "ws" + server.url.removeprefix("http")
+    assert (env.base, env.production, env.agent, env.agent_rest) == (server.url, ws, ws, server.url)
+    assert wrapper.get_headers()["Authorization"] == f"Token {LOCAL_PLACEHOLDER_KEY}"
+    assert wrapper.get_timeout() == 42.0
+    # The placeholder key really goes to this server, which was started with a key and so refuses it.
+    before = stats(server)["requests"]
+    with pytest.raises(DeepgramAuthError, match="401"):
+        DeepgramTranscriber(options, client=client).transcribe_bytes(speech)
+    assert isinstance(before, int) and stats(server)["requests"] == before + 1
+
+
+def test_options_never_show_the_key() -> None:
+    options = DeepgramOptions.from_settings(load_settings(deepgram_api_key=SecretStr(KEY), deepgram_base_url=None))
+    assert KEY not in repr(options) and KEY not in str(options)
+    assert options.api_key is not None and options.api_key.get_secret_value() == KEY
 
 
 @pytest.mark.parametrize(

@@ -24,7 +24,7 @@ from parascribe import names
 from parascribe.config import Settings, load_settings
 from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, AudioInfo, ChunkResult, ChunkSpec, ChunkTask, SourceRef
 from parascribe.deepgram.app import create_app
-from parascribe.deepgram.client import DeepgramTranscriber, DeepgramTranscript
+from parascribe.deepgram.client import DeepgramOptions, DeepgramTranscriber, DeepgramTranscript
 from parascribe.deepgram.worker import DeepgramWorker
 from parascribe.errors import TransientError
 from parascribe.gcp.pubsub import Message
@@ -99,12 +99,13 @@ class Rig:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.signed: list[str] = []
         self.worker = DeepgramWorker(
-            self.settings,
-            transcriber=DeepgramTranscriber(self.settings, max_retries=max_retries),
+            transcriber=DeepgramTranscriber(DeepgramOptions.from_settings(self.settings), max_retries=max_retries),
             store=self.store,
             publisher=self.publisher,
             cache=SourceCache(self.store, tmp / "cache", 1 << 26),
             signer=self.sign,
+            max_concurrency=self.settings.deepgram_max_concurrency,
+            timeout_seconds=self.settings.deepgram_timeout_seconds,
         )
 
     def sign(self, source: SourceRef, expires: timedelta) -> str:
@@ -283,10 +284,10 @@ class SlowTranscriber:
 
 def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -> None:
     store, publisher = MemoryStore(), RecordingPublisher()
-    settings = load_settings(deepgram_max_concurrency=2, storage_emulator_host=None)
     slow = SlowTranscriber(0.2)
-    worker = DeepgramWorker(settings, slow, store, publisher, SourceCache(store, tmp_path, 1 << 20),
-                            signer=lambda source, expires: "http://unused.invalid/x")
+    worker = DeepgramWorker(slow, store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                            signer=lambda source, expires: "http://unused.invalid/x",
+                            max_concurrency=2, timeout_seconds=300.0)
     source = SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1)
     msg = Message(data=task_for(source, 1.0, whole_file=True).to_bytes())
     threads = [threading.Thread(target=worker.handle, args=(msg,)) for _ in range(6)]
@@ -300,9 +301,9 @@ def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -
 
 def test_no_free_slot_in_time_is_transient(tmp_path: Path) -> None:
     store, publisher = MemoryStore(), RecordingPublisher()
-    settings = load_settings(deepgram_max_concurrency=1, deepgram_timeout_seconds=0.2, storage_emulator_host=None)
-    worker = DeepgramWorker(settings, SlowTranscriber(1.0), store, publisher, SourceCache(store, tmp_path, 1 << 20),
-                            signer=lambda source, expires: "http://unused.invalid/x")
+    worker = DeepgramWorker(SlowTranscriber(1.0), store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                            signer=lambda source, expires: "http://unused.invalid/x",
+                            max_concurrency=1, timeout_seconds=0.2)
     msg = Message(data=task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0,
                                     whole_file=True).to_bytes())
     busy = threading.Thread(target=worker.handle, args=(msg,))

@@ -33,7 +33,7 @@ from parascribe.jobs import JobStore
 from parascribe.merger.dead_letter import DeadLetters
 from parascribe.merger.formats import FORMATS, output_name
 from parascribe.merger.service import Merger
-from parascribe.merger.webhook import WebhookNotifier
+from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from tests.fakes import MemoryStore, RecordingExporter, RecordingPublisher
 
 SECRET = "whsec_" + base64.b64encode(b"parascribe-test-secret-0123456789").decode()
@@ -118,7 +118,8 @@ class Rig:
         self.jobs = JobStore(self.store, self.settings.state_bucket)
         self.publisher = RecordingPublisher()
         self.exporter = RecordingExporter()
-        self.notifier = WebhookNotifier(self.settings, self.jobs, self.exporter, sleep=lambda s: None)
+        self.notifier = WebhookNotifier(WebhookOptions.from_settings(self.settings), self.jobs, self.exporter,
+                                        sleep=lambda s: None)
         self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier)
         self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher,
                                         uploads_bucket=self.settings.uploads_bucket,

@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parascribe.config import Settings, load_settings
+from parascribe.config import load_settings
 from parascribe.contracts import PlannedChunk, Route
+from parascribe.costs import Prices
 from parascribe.errors import PermanentError
 from parascribe.router.planner import (
     DEEPGRAM_MAX_BYTES,
+    PlannerOptions,
     estimate_cost,
     estimate_deepgram_only,
     estimate_finish_s,
@@ -26,7 +28,7 @@ from parascribe.router.planner import (
 HOUR = 3600.0
 
 
-def cfg(**overrides: object) -> Settings:
+def cfg(**overrides: object) -> PlannerOptions:
     """Round numbers: a 10-minute chunk takes the GPU 4 s and Deepgram 3 + 10 s."""
     values: dict[str, object] = {
         "chunk_duration_minutes": 10,
@@ -42,11 +44,24 @@ def cfg(**overrides: object) -> Settings:
         "transcription_method": "auto",
     }
     values.update(overrides)
-    return load_settings(**values)
+    return PlannerOptions.from_settings(load_settings(**values))
 
 
 def paths(plan: list[PlannedChunk]) -> str:
     return "".join("G" if c.path == "gpu" else "D" for c in plan)
+
+
+# --- options ---
+
+def test_options_take_what_the_planner_reads_from_the_settings() -> None:
+    s = load_settings(chunk_duration_minutes=5, chunk_overlap_seconds=1.5, gpu_expected_rtfx=120, gpu_startup_seconds=30,
+                      deepgram_expected_rtfx=50, deepgram_request_overhead_seconds=2, deepgram_max_concurrency=8,
+                      enable_gpu_transcription=True, enable_fallback=False, cost_optimization=False)
+    assert PlannerOptions.from_settings(s) == PlannerOptions(
+        chunk_seconds=300.0, chunk_overlap_seconds=1.5, enable_gpu_transcription=True, enable_fallback=False,
+        cost_optimization=False, gpu_expected_rtfx=120.0, gpu_startup_seconds=30.0, deepgram_expected_rtfx=50.0,
+        deepgram_request_overhead_seconds=2.0, deepgram_max_concurrency=8, prices=Prices.from_settings(s),
+    )
 
 
 # --- chunks ---

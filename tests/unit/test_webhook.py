@@ -18,7 +18,15 @@ import pytest
 from parascribe import metric_names as mn
 from parascribe.contracts import ChunkResult, JobStatus, SourceRef
 from parascribe.errors import ConfigError, PermanentError
-from parascribe.merger.webhook import WebhookNotifier, build_payload, redeliver, secret_bytes, sign, verify
+from parascribe.merger.webhook import (
+    WebhookNotifier,
+    WebhookOptions,
+    build_payload,
+    redeliver,
+    secret_bytes,
+    sign,
+    verify,
+)
 from tests.unit.test_merger import SECRET, CountingStore, Job, Rig, make_settings
 
 
@@ -64,7 +72,8 @@ def receiver() -> Iterator[Receiver]:
 def webhook_rig(url: str, attempts: int = 5, **kw: object) -> Rig:
     rig = Rig(make_settings(convex_webhook_url=url, convex_webhook_secret=SECRET, webhook_max_attempts=attempts,
                             webhook_timeout_seconds=2))
-    rig.notifier = WebhookNotifier(rig.settings, rig.jobs, rig.exporter, sleep=lambda s: None, **kw)  # type: ignore[arg-type]
+    options = WebhookOptions.from_settings(rig.settings)
+    rig.notifier = WebhookNotifier(options, rig.jobs, rig.exporter, sleep=lambda s: None, **kw)  # type: ignore[arg-type]
     rig.merger._notifier = rig.notifier
     return rig
 
@@ -182,14 +191,23 @@ def test_unreachable_receiver_and_the_retry_budget() -> None:
         fake_now[0] += seconds
 
     rig = webhook_rig(f"http://127.0.0.1:{port}/hook", attempts=20)
-    rig.notifier = WebhookNotifier(rig.settings, rig.jobs, rig.exporter, sleep=sleep, clock=lambda: fake_now[0],
-                                   budget_s=20.0)
+    rig.notifier = WebhookNotifier(WebhookOptions.from_settings(rig.settings), rig.jobs, rig.exporter, sleep=sleep,
+                                   clock=lambda: fake_now[0], budget_s=20.0)
     rig.merger._notifier = rig.notifier
     status = finish(rig, Job(rig.jobs, n_chunks=1))
     assert status.webhook.state == "webhook_failed"
     assert "ConnectError" in (status.webhook.last_error or "")
     assert 3 <= status.webhook.attempts < 20, "the budget, not the attempt count, ended it"
     assert fake_now[0] <= 20.0
+
+
+def test_options_take_what_the_webhook_reads_and_never_show_the_secret() -> None:
+    s = make_settings(convex_webhook_url="https://example.invalid/hook", convex_webhook_secret=SECRET,
+                      webhook_max_attempts=7, webhook_timeout_seconds=3)
+    options = WebhookOptions.from_settings(s)
+    assert (options.url, options.max_attempts, options.timeout_seconds) == ("https://example.invalid/hook", 7, 3.0)
+    assert options.secret is not None and options.secret.get_secret_value() == SECRET
+    assert SECRET not in repr(options) and SECRET not in str(options)
 
 
 def test_no_url_means_disabled() -> None:
@@ -206,7 +224,7 @@ def test_two_mergers_racing_deliver_once(receiver: Receiver) -> None:
         rig = webhook_rig(receiver.url)
         rig.store = store
         rig.jobs = type(rig.jobs)(store, rig.settings.state_bucket)
-        rig.notifier = WebhookNotifier(rig.settings, rig.jobs, rig.exporter)
+        rig.notifier = WebhookNotifier(WebhookOptions.from_settings(rig.settings), rig.jobs, rig.exporter)
         rig.merger = type(rig.merger)(rig.settings, store, rig.jobs, rig.publisher, rig.exporter, rig.notifier)
         rigs.append(rig)
     job = Job(rigs[0].jobs, n_chunks=2)
@@ -230,7 +248,8 @@ def test_redeliver_sends_the_stored_status_again(receiver: Receiver) -> None:
     rig = webhook_rig(receiver.url)
     job = Job(rig.jobs, n_chunks=1)
     first = finish(rig, job)
-    state = redeliver(rig.settings, rig.jobs, job.job_id)
+    options = WebhookOptions.from_settings(rig.settings)
+    state = redeliver(options, rig.jobs, job.job_id)
     assert state.state == "delivered"
     assert len(receiver.requests) == 2
     (h1, b1), (h2, b2) = receiver.requests
@@ -239,10 +258,10 @@ def test_redeliver_sends_the_stored_status_again(receiver: Receiver) -> None:
     assert json.loads(b2) == build_payload(first)
 
     with pytest.raises(PermanentError, match="no job"):
-        redeliver(rig.settings, rig.jobs, "jmissing")
+        redeliver(options, rig.jobs, "jmissing")
     other = Job(rig.jobs, n_chunks=2, name="other.wav")
     with pytest.raises(PermanentError, match="queued"):
-        redeliver(rig.settings, rig.jobs, other.job_id)
+        redeliver(options, rig.jobs, other.job_id)
 
 
 def test_payload_without_summary_or_source() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask
 
 from parascribe.config import Settings
-from parascribe.deepgram.client import DeepgramTranscriber
+from parascribe.deepgram.client import DeepgramOptions, DeepgramTranscriber
 from parascribe.deepgram.worker import DeepgramWorker
 from parascribe.gcp.monitoring import exporter_from_settings
 from parascribe.gcp.pubsub import PubSubPublisher, PushService, create_push_app
@@ -30,11 +30,12 @@ def build_worker(settings: Settings, exporter: MetricsExporter | None = None,
     cache = SourceCache(store, cache_dir or Path(tempfile.gettempdir()) / "parascribe-deepgram-sources",
                         int(settings.source_cache_mb * 1024 * 1024))
     return DeepgramWorker(
-        settings,
-        transcriber=DeepgramTranscriber(settings, exporter=exporter),
+        transcriber=DeepgramTranscriber(DeepgramOptions.from_settings(settings), exporter=exporter),
         store=store,
         publisher=PubSubPublisher(settings.gcp_project),
         cache=cache,
+        max_concurrency=settings.deepgram_max_concurrency,
+        timeout_seconds=settings.deepgram_timeout_seconds,
     )
 
 

@@ -12,6 +12,9 @@ objects and every failure into an exception that says whether to retry:
 - 408/409/429/5xx, timeouts and connection failures →
   :class:`~parascribe.errors.TransientError`, raised only after the SDK's own
   retries (exponential backoff with jitter, honouring ``Retry-After`` up to 60 s).
+
+The adapter reads only :class:`DeepgramOptions`, built once from the settings
+with :meth:`DeepgramOptions.from_settings`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import httpx
 from deepgram import DeepgramClient
 from deepgram.core.api_error import ApiError
 from deepgram.environment import DeepgramClientEnvironment
+from pydantic import SecretStr
 
 from parascribe import metric_names
 from parascribe.config import Settings
@@ -40,6 +44,42 @@ LOCAL_PLACEHOLDER_KEY = "local-deepgram-key"
 
 DEFAULT_MAX_RETRIES = 3
 _AUTH_STATUSES = (401, 402, 403)
+
+
+@dataclass(frozen=True)
+class DeepgramOptions:
+    """What the Deepgram adapter reads from the settings: endpoint, key, request options and timeout.
+
+    The key stays a :class:`~pydantic.SecretStr`, so printing or logging the options never shows it.
+    """
+
+    api_key: SecretStr | None = field(repr=False)
+    """``DEEPGRAM_API_KEY``; None or empty only against a local server (``base_url``)."""
+    base_url: str | None
+    """``DEEPGRAM_BASE_URL``: a Deepgram-compatible server; None for the real API."""
+    model: str
+    language: str
+    smart_format: bool
+    utterances: bool
+    paragraphs: bool
+    diarize: bool
+    timeout_seconds: float
+    """``DEEPGRAM_TIMEOUT_SECONDS``: the SDK's timeout for one request."""
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> DeepgramOptions:
+        """The adapter's options from the process settings."""
+        return cls(
+            api_key=s.deepgram_api_key,
+            base_url=s.deepgram_base_url,
+            model=s.deepgram_model,
+            language=s.deepgram_language,
+            smart_format=s.deepgram_smart_format,
+            utterances=s.deepgram_utterances,
+            paragraphs=s.deepgram_paragraphs,
+            diarize=s.deepgram_diarize,
+            timeout_seconds=s.deepgram_timeout_seconds,
+        )
 
 
 @dataclass
@@ -142,14 +182,18 @@ def normalise(response: Any, offset_s: float, diarized: bool) -> DeepgramTranscr
     )
 
 
-def build_client(settings: Settings, max_retries: int = DEFAULT_MAX_RETRIES) -> DeepgramClient:
+def build_client(options: DeepgramOptions, max_retries: int = DEFAULT_MAX_RETRIES) -> DeepgramClient:
     """A ``DeepgramClient`` for the configured endpoint, key and timeout.
+
+    Args:
+        options: endpoint, key and timeout (:meth:`DeepgramOptions.from_settings`).
+        max_retries: the SDK's retries of one request.
 
     Raises:
         ConfigError: no ``DEEPGRAM_API_KEY`` while talking to the real Deepgram API.
     """
-    key = settings.deepgram_api_key.get_secret_value() if settings.deepgram_api_key else ""
-    base = (settings.deepgram_base_url or "").rstrip("/")
+    key = options.api_key.get_secret_value() if options.api_key else ""
+    base = (options.base_url or "").rstrip("/")
     if not key:
         if not base:
             raise ConfigError("DEEPGRAM_API_KEY is empty: set it, or point DEEPGRAM_BASE_URL at a local server")
@@ -161,41 +205,48 @@ def build_client(settings: Settings, max_retries: int = DEFAULT_MAX_RETRIES) -> 
     return DeepgramClient(
         environment=environment,
         api_key=key,
-        timeout=settings.deepgram_timeout_seconds,
+        timeout=options.timeout_seconds,
         max_retries=max_retries,
     )
 
 
 class DeepgramTranscriber:
-    """Transcribes audio bytes or URLs with Deepgram; thread-safe, build once per process."""
+    """Transcribes audio bytes or URLs with Deepgram; thread-safe, build once per process.
+
+    Args:
+        options: endpoint, key, request options and timeout (:meth:`DeepgramOptions.from_settings`).
+        exporter: counts ``deepgram_auth_errors``; optional.
+        client: a ``DeepgramClient``; built from ``options`` if omitted.
+        max_retries: the SDK's retries of one request, when the client is built here.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        options: DeepgramOptions,
         exporter: MetricsExporter | None = None,
         client: DeepgramClient | None = None,
         max_retries: int = DEFAULT_MAX_RETRIES,
     ) -> None:
-        self._settings = settings
+        self._options = options
         self._exporter = exporter or NullExporter()
-        self._client = client or build_client(settings, max_retries=max_retries)
-        self._endpoint = settings.deepgram_base_url or "api.deepgram.com"
+        self._client = client or build_client(options, max_retries=max_retries)
+        self._endpoint = options.base_url or "api.deepgram.com"
 
     @property
     def endpoint(self) -> str:
         return self._endpoint
 
     def options(self) -> dict[str, Any]:
-        """The request options sent with every call, from settings."""
-        s = self._settings
+        """The request options sent with every call, from :class:`DeepgramOptions`."""
+        o = self._options
         return {
-            "model": s.deepgram_model,
-            "language": s.deepgram_language,
-            "smart_format": s.deepgram_smart_format,
+            "model": o.model,
+            "language": o.language,
+            "smart_format": o.smart_format,
             "punctuate": True,
-            "utterances": s.deepgram_utterances,
-            "paragraphs": s.deepgram_paragraphs,
-            "diarize": s.deepgram_diarize,
+            "utterances": o.utterances,
+            "paragraphs": o.paragraphs,
+            "diarize": o.diarize,
         }
 
     def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
@@ -246,11 +297,11 @@ class DeepgramTranscriber:
         except httpx.TimeoutException as err:
             raise TransientError(
                 f"Deepgram {what} timed out after {time.monotonic() - started:.0f}s "
-                f"(DEEPGRAM_TIMEOUT_SECONDS={self._settings.deepgram_timeout_seconds:g}): {type(err).__name__}"
+                f"(DEEPGRAM_TIMEOUT_SECONDS={self._options.timeout_seconds:g}): {type(err).__name__}"
             ) from None
         except httpx.HTTPError as err:
             raise TransientError(f"Deepgram {what} failed: {type(err).__name__}: {err}") from None
-        transcript = normalise(response, offset_s, diarized=self._settings.deepgram_diarize)
+        transcript = normalise(response, offset_s, diarized=self._options.diarize)
         log.debug(
             "deepgram %s: %d words, %.1fs billed in %.2fs",
             what, len(transcript.words), transcript.billed_seconds, time.monotonic() - started,

@@ -38,7 +38,6 @@ from typing import Protocol
 
 from parascribe import names
 from parascribe.audio import decode_file, encode_flac
-from parascribe.config import Settings
 from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkResult, ChunkTask, SourceRef, parse
 from parascribe.deepgram.client import DeepgramTranscript
 from parascribe.errors import BadAudioError, DeepgramAuthError, PermanentError, TransientError
@@ -62,18 +61,30 @@ class SourceFiles(Protocol):
 
 
 class DeepgramWorker:
-    """Handles ``asr-deepgram`` push messages; one per process (it owns the request slots)."""
+    """Handles ``asr-deepgram`` push messages; one per process (it owns the request slots).
+
+    Args:
+        transcriber: sends audio or a URL to Deepgram.
+        store: the blob store the sources live in (signs their URLs unless ``signer`` is given).
+        publisher: where chunk results go.
+        cache: local copies of sources, for chunk spans.
+        signer: returns a signed GET URL for a source; ``store.signed_url`` if omitted.
+        max_concurrency: ``DEEPGRAM_MAX_CONCURRENCY``, the requests this process holds open at once.
+        timeout_seconds: ``DEEPGRAM_TIMEOUT_SECONDS``; a request waits this long for a free slot,
+            and signed URLs live at least three times as long (and at least 15 minutes).
+    """
 
     def __init__(
         self,
-        settings: Settings,
         transcriber: Transcriber,
         store: BlobStore,
         publisher: Publisher,
         cache: SourceFiles,
         signer: Signer | None = None,
+        *,
+        max_concurrency: int,
+        timeout_seconds: float,
     ) -> None:
-        self._settings = settings
         self._transcriber = transcriber
         self._store = store
         self._publisher = publisher
@@ -81,9 +92,9 @@ class DeepgramWorker:
         self._signer: Signer = signer or (
             lambda source, expires: store.signed_url(source.bucket, source.name, expires, source.generation)
         )
-        self._slots = threading.BoundedSemaphore(settings.deepgram_max_concurrency)
-        self._slot_wait_s = settings.deepgram_timeout_seconds
-        self._url_ttl = timedelta(seconds=max(900.0, 3 * settings.deepgram_timeout_seconds))
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._slot_wait_s = timeout_seconds
+        self._url_ttl = timedelta(seconds=max(900.0, 3 * timeout_seconds))
 
     def signed_url(self, source: SourceRef) -> str:
         """A V4 signed GET URL for ``source``, valid long enough for Deepgram's retries."""

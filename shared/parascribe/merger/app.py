@@ -9,7 +9,7 @@ from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.merger.dead_letter import DeadLetters
 from parascribe.merger.service import Merger
-from parascribe.merger.webhook import WebhookNotifier
+from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from parascribe.metrics import MetricsExporter
 
 SERVICE = "merger"
@@ -27,7 +27,8 @@ def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushSe
     owned = exporter is None
     exporter = exporter or exporter_from_settings(settings, service=SERVICE)
     publisher = PubSubPublisher(settings.gcp_project)
-    merger = Merger(settings, store, jobs, publisher, exporter, WebhookNotifier(settings, jobs, exporter))
+    merger = Merger(settings, store, jobs, publisher, exporter,
+                    WebhookNotifier(WebhookOptions.from_settings(settings), jobs, exporter))
     dead_letters = DeadLetters(merger, jobs, publisher, uploads_bucket=settings.uploads_bucket,
                                enable_fallback=settings.enable_fallback)
     app = create_push_app(SERVICE, {"/pubsub": merger.handle_results, "/dead-letter": dead_letters.handle})

@@ -21,6 +21,9 @@ timeout (``WEBHOOK_TIMEOUT_SECONDS``), well inside the merger's 60-s ack deadlin
 The job status records the state, the attempts and the last error; after the
 last failed try the state is ``webhook_failed`` and ``webhook_failures`` counts
 it. ``parascribe webhook redeliver JOB_ID`` (:func:`redeliver`) sends it again.
+
+The notifier reads only :class:`WebhookOptions`, built once from the settings
+with :meth:`WebhookOptions.from_settings`.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from parascribe import metric_names as mn
 from parascribe.config import Settings
@@ -53,6 +58,33 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 TOLERANCE_S = 300
 _RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+
+@dataclass(frozen=True)
+class WebhookOptions:
+    """What the webhook reads from the settings: where to send, the signing secret, attempts and timeout.
+
+    The secret stays a :class:`~pydantic.SecretStr`, so printing or logging the options never shows it.
+    """
+
+    url: str | None
+    """``CONVEX_WEBHOOK_URL``; None or empty disables the webhook."""
+    secret: SecretStr | None = field(repr=False)
+    """``CONVEX_WEBHOOK_SECRET`` (``whsec_<base64>`` or raw); required when ``url`` is set."""
+    max_attempts: int
+    """``WEBHOOK_MAX_ATTEMPTS``: tries per delivery, the first included."""
+    timeout_seconds: float
+    """``WEBHOOK_TIMEOUT_SECONDS``: the timeout of one request."""
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WebhookOptions:
+        """The webhook's options from the process settings."""
+        return cls(
+            url=s.convex_webhook_url,
+            secret=s.convex_webhook_secret,
+            max_attempts=s.webhook_max_attempts,
+            timeout_seconds=s.webhook_timeout_seconds,
+        )
 
 
 def secret_bytes(secret: str) -> bytes:
@@ -142,7 +174,7 @@ class WebhookNotifier:
     """Sends the job webhook with retries and records the outcome on the job status.
 
     Args:
-        settings: URL, secret, attempts and timeout.
+        options: URL, secret, attempts and timeout (:meth:`WebhookOptions.from_settings`).
         jobs: where the outcome is recorded.
         exporter: counts ``webhook_failures``; optional.
         client: an ``httpx.Client`` (one per process); built if omitted.
@@ -151,7 +183,7 @@ class WebhookNotifier:
 
     def __init__(
         self,
-        settings: Settings,
+        options: WebhookOptions,
         jobs: JobStore,
         exporter: MetricsExporter | None = None,
         client: httpx.Client | None = None,
@@ -162,11 +194,11 @@ class WebhookNotifier:
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_cap_s: float = BACKOFF_CAP_S,
     ) -> None:
-        self._url = settings.convex_webhook_url
-        secret = settings.convex_webhook_secret.get_secret_value() if settings.convex_webhook_secret else ""
+        self._url = options.url
+        secret = options.secret.get_secret_value() if options.secret else ""
         self._key = secret_bytes(secret) if self._url else b""
-        self._attempts = settings.webhook_max_attempts
-        self._timeout = settings.webhook_timeout_seconds
+        self._attempts = options.max_attempts
+        self._timeout = options.timeout_seconds
         self._jobs = jobs
         self._exporter = exporter
         self._client = client or httpx.Client(timeout=self._timeout, follow_redirects=False)
@@ -249,8 +281,16 @@ class WebhookNotifier:
         self._client.close()
 
 
-def redeliver(settings: Settings, jobs: JobStore, job_id: str, notifier: WebhookNotifier | None = None) -> WebhookState:
+def redeliver(
+    options: WebhookOptions, jobs: JobStore, job_id: str, notifier: WebhookNotifier | None = None
+) -> WebhookState:
     """Send a finished job's webhook again from its stored status (``parascribe webhook redeliver``).
+
+    Args:
+        options: URL, secret, attempts and timeout; used when ``notifier`` is None.
+        jobs: where the job's status is read and the outcome recorded.
+        job_id: the finished job.
+        notifier: an existing notifier to send with; one is built (and closed) if omitted.
 
     Raises:
         PermanentError: the job is unknown or not finished yet.
@@ -261,7 +301,7 @@ def redeliver(settings: Settings, jobs: JobStore, job_id: str, notifier: Webhook
     if not status.final:
         raise PermanentError(f"job {job_id} is {status.progress}; a webhook is sent only once it is done or failed")
     own = notifier is None
-    notifier = notifier or WebhookNotifier(settings, jobs)
+    notifier = notifier or WebhookNotifier(options, jobs)
     try:
         return notifier.notify(status)
     finally:

@@ -44,6 +44,10 @@ Methods (``TRANSCRIPTION_METHOD``, or ``parascribe-method`` object metadata)
     - With ``ENABLE_GPU_TRANSCRIPTION=false``, auto and hybrid behave as
       ``deepgram``. An upload that asks for ``gpu`` goes to Deepgram when
       ``ENABLE_FALLBACK=true``. Otherwise it fails with a reason.
+
+Options
+    The planner reads only :class:`PlannerOptions`, built once from the
+    settings with :meth:`PlannerOptions.from_settings`.
 """
 
 from __future__ import annotations
@@ -66,6 +70,41 @@ _EPS = 1e-9
 
 
 @dataclass(frozen=True)
+class PlannerOptions:
+    """What the planner reads from the settings: chunking, switches, rates and prices."""
+
+    chunk_seconds: float
+    """``CHUNK_DURATION_MINUTES`` in seconds: the target core length."""
+    chunk_overlap_seconds: float
+    enable_gpu_transcription: bool
+    enable_fallback: bool
+    cost_optimization: bool
+    gpu_expected_rtfx: float
+    gpu_startup_seconds: float
+    deepgram_expected_rtfx: float
+    deepgram_request_overhead_seconds: float
+    deepgram_max_concurrency: int
+    prices: Prices
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> PlannerOptions:
+        """The planner's options from the process settings."""
+        return cls(
+            chunk_seconds=s.chunk_seconds,
+            chunk_overlap_seconds=s.chunk_overlap_seconds,
+            enable_gpu_transcription=s.enable_gpu_transcription,
+            enable_fallback=s.enable_fallback,
+            cost_optimization=s.cost_optimization,
+            gpu_expected_rtfx=s.gpu_expected_rtfx,
+            gpu_startup_seconds=s.gpu_startup_seconds,
+            deepgram_expected_rtfx=s.deepgram_expected_rtfx,
+            deepgram_request_overhead_seconds=s.deepgram_request_overhead_seconds,
+            deepgram_max_concurrency=s.deepgram_max_concurrency,
+            prices=Prices.from_settings(s),
+        )
+
+
+@dataclass(frozen=True)
 class Plan:
     """The chosen chunks and paths, with the estimates that chose them."""
 
@@ -82,22 +121,22 @@ class Plan:
         return is_whole_file(self.chunks)
 
 
-def resolve_method(requested: Method, settings: Settings) -> Method:
+def resolve_method(requested: Method, options: PlannerOptions) -> Method:
     """Apply ``ENABLE_GPU_TRANSCRIPTION`` and ``COST_OPTIMIZATION`` to a requested method.
 
     Raises:
         PermanentError: ``gpu`` was requested, the GPU is disabled and fallback is off.
     """
-    if not settings.enable_gpu_transcription:
+    if not options.enable_gpu_transcription:
         if requested == "gpu":
-            if not settings.enable_fallback:
+            if not options.enable_fallback:
                 raise PermanentError(
                     "the upload asks for method gpu but ENABLE_GPU_TRANSCRIPTION=false and ENABLE_FALLBACK=false; "
                     "re-upload with parascribe-method auto, deepgram or hybrid"
                 )
             log.warning("method gpu requested but the GPU is disabled; falling back to deepgram")
         return "deepgram"
-    if requested == "auto" and not settings.cost_optimization:
+    if requested == "auto" and not options.cost_optimization:
         return "hybrid"
     return requested
 
@@ -141,7 +180,7 @@ def plan_chunks(duration_s: float, chunk_s: float, overlap_s: float) -> list[Chu
 
 def plan_paths(
     chunks: Sequence[ChunkSpec],
-    settings: Settings,
+    options: PlannerOptions,
     method: Method,
     deadline_s: float,
     size_bytes: int | None = None,
@@ -150,7 +189,7 @@ def plan_paths(
 
     Args:
         chunks: from :func:`plan_chunks`.
-        settings: rates, prices and switches.
+        options: rates, prices and switches.
         method: the requested method, before settings are applied.
         deadline_s: seconds from now by which the job should be done.
         size_bytes: the object's size; above 2 GB no whole-file request is planned.
@@ -163,29 +202,36 @@ def plan_paths(
         ValueError: ``chunks`` is empty.
         PermanentError: the method cannot be honoured with these settings.
     """
-    return _choose(chunks, settings, method, deadline_s, size_bytes)[0]
+    return _choose(chunks, options, method, deadline_s, size_bytes)[0]
 
 
 def make_plan(
     duration_s: float,
-    settings: Settings,
+    options: PlannerOptions,
     method: Method,
     deadline_s: float,
     size_bytes: int | None = None,
 ) -> Plan:
     """Chunk the audio, choose the paths and estimate cost and finish time.
 
+    Args:
+        duration_s: the audio's duration (> 0).
+        options: chunking, rates, prices and switches (:meth:`PlannerOptions.from_settings`).
+        method: the requested method, before the switches are applied.
+        deadline_s: seconds from now by which the job should be done.
+        size_bytes: the object's size; above 2 GB no whole-file request is planned.
+
     Raises:
         PermanentError: the method cannot be honoured with these settings.
     """
-    chunks = plan_chunks(duration_s, settings.chunk_seconds, settings.chunk_overlap_seconds)
-    planned, effective = _choose(chunks, settings, method, deadline_s, size_bytes)
-    finish = estimate_finish_s(planned, settings)
+    chunks = plan_chunks(duration_s, options.chunk_seconds, options.chunk_overlap_seconds)
+    planned, effective = _choose(chunks, options, method, deadline_s, size_bytes)
+    finish = estimate_finish_s(planned, options)
     return Plan(
         method=effective,
         chunks=planned,
-        estimated_cost_usd=estimate_cost(planned, settings),
-        estimated_deepgram_only_usd=estimate_deepgram_only(duration_s, settings),
+        estimated_cost_usd=estimate_cost(planned, options),
+        estimated_deepgram_only_usd=estimate_deepgram_only(duration_s, options),
         estimated_finish_s=finish,
         meets_deadline=finish <= deadline_s + _EPS,
     )
@@ -196,39 +242,39 @@ def is_whole_file(plan: Sequence[PlannedChunk]) -> bool:
     return len(plan) == 1 and plan[0].path == "deepgram" and plan[0].start_s == 0.0
 
 
-def estimate_finish_s(plan: Sequence[PlannedChunk], settings: Settings) -> float:
+def estimate_finish_s(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
     """Seconds until both paths are done, by the estimates in the module docstring."""
     gpu = [c.duration_s for c in plan if c.path == "gpu"]
     deepgram = [c.duration_s for c in plan if c.path == "deepgram"]
-    return max(_gpu_finish(gpu, settings), _deepgram_finish(deepgram, settings))
+    return max(_gpu_finish(gpu, options), _deepgram_finish(deepgram, options))
 
 
-def estimate_cost(plan: Sequence[PlannedChunk], settings: Settings) -> float:
+def estimate_cost(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
     """Estimated USD for the plan: Deepgram billed audio plus GPU instance time."""
-    prices = Prices.from_settings(settings)
+    prices = options.prices
     return sum(
-        prices.gpu_estimate(c.duration_s, settings.gpu_expected_rtfx) if c.path == "gpu" else prices.deepgram(c.duration_s)
+        prices.gpu_estimate(c.duration_s, options.gpu_expected_rtfx) if c.path == "gpu" else prices.deepgram(c.duration_s)
         for c in plan
     )
 
 
-def estimate_deepgram_only(duration_s: float, settings: Settings) -> float:
+def estimate_deepgram_only(duration_s: float, options: PlannerOptions) -> float:
     """What the audio would cost sent to Deepgram whole: the baseline for savings."""
-    return Prices.from_settings(settings).deepgram(duration_s)
+    return options.prices.deepgram(duration_s)
 
 
-def _gpu_finish(durations: Sequence[float], settings: Settings) -> float:
+def _gpu_finish(durations: Sequence[float], options: PlannerOptions) -> float:
     if not durations:
         return 0.0
-    return settings.gpu_startup_seconds + sum(durations) / settings.gpu_expected_rtfx
+    return options.gpu_startup_seconds + sum(durations) / options.gpu_expected_rtfx
 
 
-def _deepgram_finish(durations: Sequence[float], settings: Settings) -> float:
-    width = settings.deepgram_max_concurrency
+def _deepgram_finish(durations: Sequence[float], options: PlannerOptions) -> float:
+    width = options.deepgram_max_concurrency
     total = 0.0
     for start in range(0, len(durations), width):
         wave = durations[start : start + width]
-        total += settings.deepgram_request_overhead_seconds + max(wave) / settings.deepgram_expected_rtfx
+        total += options.deepgram_request_overhead_seconds + max(wave) / options.deepgram_expected_rtfx
     return total
 
 
@@ -242,15 +288,15 @@ def _whole(chunks: Sequence[ChunkSpec]) -> list[PlannedChunk]:
 
 
 def _choose(
-    chunks: Sequence[ChunkSpec], settings: Settings, method: Method, deadline_s: float, size_bytes: int | None
+    chunks: Sequence[ChunkSpec], options: PlannerOptions, method: Method, deadline_s: float, size_bytes: int | None
 ) -> tuple[list[PlannedChunk], Method]:
     if not chunks:
         raise ValueError("no chunks to plan")
-    effective = resolve_method(method, settings)
+    effective = resolve_method(method, options)
     n = len(chunks)
     if effective == "gpu":
         return _assign(chunks, ["gpu"] * n), effective
-    prices = Prices.from_settings(settings)
+    prices = options.prices
     durations = [c.duration_s for c in chunks]
     # A candidate is k (the GPU takes the first k chunks) or None (one whole-file Deepgram request).
     candidates: list[int | None]
@@ -265,8 +311,8 @@ def _choose(
     scored: list[tuple[float, float, int | None]] = []
     for k in candidates:
         gpu, deepgram = (durations[:k], durations[k:]) if k is not None else ([], [chunks[-1].core_end_s])
-        finish = max(_gpu_finish(gpu, settings), _deepgram_finish(deepgram, settings))
-        cost = sum(prices.gpu_estimate(d, settings.gpu_expected_rtfx) for d in gpu) + sum(map(prices.deepgram, deepgram))
+        finish = max(_gpu_finish(gpu, options), _deepgram_finish(deepgram, options))
+        cost = sum(prices.gpu_estimate(d, options.gpu_expected_rtfx) for d in gpu) + sum(map(prices.deepgram, deepgram))
         scored.append((finish, cost, k))
     fastest = min(scored, key=lambda s: (round(s[0], 6), s[1]))
     if effective == "hybrid":

@@ -33,7 +33,7 @@ from parascribe.gcp.pubsub import Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore, job_prefix
 from parascribe.router.events import parse_event
-from parascribe.router.planner import is_whole_file, make_plan
+from parascribe.router.planner import PlannerOptions, is_whole_file, make_plan
 from parascribe.router.probe import probe
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Router:
 
     def __init__(self, settings: Settings, store: BlobStore, publisher: Publisher, jobs: JobStore) -> None:
         self._settings = settings
+        self._planner = PlannerOptions.from_settings(settings)
         self._store = store
         self._publisher = publisher
         self._jobs = jobs
@@ -129,7 +130,7 @@ class Router:
         audio = probe(self._store, source, s.max_audio_minutes * 60.0)
         requested: Method = upload.method or s.transcription_method
         deadline_minutes = upload.deadline_minutes or s.default_deadline_minutes
-        plan = make_plan(audio.duration_s, s, requested, deadline_minutes * 60.0, size_bytes=source.size)
+        plan = make_plan(audio.duration_s, self._planner, requested, deadline_minutes * 60.0, size_bytes=source.size)
         paths = [c.path for c in plan.chunks]
         log.info(
             "planned %s: %.1f s in %d chunks (gpu %d, deepgram %d%s), method %s (asked %s), "
