@@ -10,14 +10,17 @@ name says otherwise.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from parascribe.errors import MalformedMessageError
+from parascribe.errors import MalformedMessageError, NewerSchemaError
 
 SCHEMA_VERSION = 1
+_JOB_ID = re.compile(r"j[0-9a-f]{20}")
 
 Route = Literal["gpu", "deepgram"]
 """Where a chunk is transcribed: the GPU worker or Deepgram."""
@@ -66,10 +69,24 @@ def parse(cls: type[C], data: bytes | str) -> C:
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise MalformedMessageError(f"malformed {cls.__name__}: {where}: {first['msg']}") from None
     if obj.schema_version > SCHEMA_VERSION:
-        raise MalformedMessageError(
+        raise NewerSchemaError(
             f"{cls.__name__} schema_version {obj.schema_version} is newer than this reader ({SCHEMA_VERSION})"
         )
     return obj
+
+
+def job_id_of(data: bytes | str) -> str | None:
+    """The job id of a message that may not parse as its contract, when one can be read from it.
+
+    A malformed message for a known job fails that job with a reason, rather than
+    vanish; garbage yields None.
+    """
+    try:
+        body = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    job_id = body.get("job_id") if isinstance(body, dict) else None
+    return job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None
 
 
 def make_job_id(bucket: str, name: str, generation: str | int) -> str:
@@ -155,6 +172,8 @@ class JobManifest(Contract):
     chunks: list[PlannedChunk]
     estimated_cost_usd: float = 0.0
     estimated_deepgram_only_usd: float = 0.0
+    estimated_finish_s: float = 0.0
+    """The planner's estimate of how long the job takes; the sweeper allows the later of this and the deadline."""
     created_at: datetime = Field(default_factory=utcnow)
 
     @property

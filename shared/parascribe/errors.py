@@ -50,6 +50,14 @@ class ConfigError(TransientError):
     """
 
 
+class NewerSchemaError(TransientError):
+    """A message was written by a newer release than this reader: retried until this reader is updated.
+
+    During a rolling deploy an old instance may receive a new message; nacking it lets a
+    new instance take it, so nothing is lost.
+    """
+
+
 class DeepgramAuthError(TransientError):
     """Deepgram rejected the key (401/402/403): retried until someone fixes ``DEEPGRAM_API_KEY``."""
 

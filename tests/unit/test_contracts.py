@@ -13,10 +13,11 @@ from parascribe.contracts import (
     JobStatus,
     SourceRef,
     Word,
+    job_id_of,
     make_job_id,
     parse,
 )
-from parascribe.errors import MalformedMessageError
+from parascribe.errors import MalformedMessageError, NewerSchemaError, is_transient
 
 SOURCE = SourceRef(bucket="uploads", name="talks/keynote.mp3", generation="1700000000000001", size=1234)
 
@@ -69,12 +70,27 @@ def test_malformed_messages_raise_a_permanent_error(raw: bytes, phrase: str) -> 
         parse(ChunkResult, raw)
 
 
-def test_newer_schema_version_is_rejected_clearly() -> None:
+def test_newer_schema_version_is_retried_not_dropped() -> None:
     raw = b'{"schema_version":99,"job_id":"j1","reason":"x"}'
     from parascribe.contracts import JobFailed
 
-    with pytest.raises(MalformedMessageError, match="newer"):
+    with pytest.raises(NewerSchemaError, match="schema_version 99 is newer than this reader") as info:
         parse(JobFailed, raw)
+    assert is_transient(info.value), "a rolling deploy must nack it for a newer reader, not ack and lose it"
+
+
+@pytest.mark.parametrize(
+    ("raw", "job_id"),
+    [
+        (b'{"job_id":"j0123456789abcdef0123","chunk_index":"x"}', "j0123456789abcdef0123"),
+        (b'{"job_id":"../../etc","chunk_index":0}', None),
+        (b'{"job_id":7}', None),
+        (b"[1, 2]", None),
+        (b"\xff not json", None),
+    ],
+)
+def test_the_job_id_of_a_malformed_message_is_read_only_when_it_is_a_job_id(raw: bytes, job_id: str | None) -> None:
+    assert job_id_of(raw) == job_id
 
 
 def test_word_midpoint_and_status_progress() -> None:
