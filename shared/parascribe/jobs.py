@@ -65,6 +65,14 @@ class JobStore:
         )
         return gen is not None
 
+    def chunk_result(self, job_id: str, index: int) -> ChunkResult | None:
+        """The stored result of one chunk, or None while it has none."""
+        blob = self._store.read(self._bucket, self.chunk_path(job_id, index))
+        return parse(ChunkResult, blob.data) if blob else None
+
+    def has_chunk_result(self, job_id: str, index: int) -> bool:
+        return self._store.info(self._bucket, self.chunk_path(job_id, index)) is not None
+
     def chunk_indices(self, job_id: str) -> set[int]:
         names = self._store.list(self._bucket, self._path(job_id, "chunks/"))
         return {int(n.rsplit("/", 1)[1].split(".")[0]) for n in names if n.endswith(".json")}

@@ -27,12 +27,12 @@ from parascribe.contracts import (
     Word,
     utcnow,
 )
-from parascribe.errors import MalformedMessageError, PermanentError, TransientError
+from parascribe.errors import MalformedMessageError, NewerSchemaError, PermanentError, TransientError
 from parascribe.gcp.pubsub import Message, create_push_app
 from parascribe.jobs import JobStore
 from parascribe.merger.dead_letter import DeadLetters
 from parascribe.merger.formats import FORMATS, output_name
-from parascribe.merger.service import Merger
+from parascribe.merger.service import PROGRESS_INTERVAL_S, Merger
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from tests.fakes import MemoryStore, RecordingExporter, RecordingPublisher
 
@@ -93,7 +93,7 @@ class Job:
         self.job_id = self.source.job_id
         self.manifest = plan(self.job_id, self.source, duration, n_chunks)
         self.words = spoken_words(duration)
-        assert jobs.create_manifest(self.manifest)
+        assert jobs.create_manifest(self.manifest) is True
         jobs.update_status(self.job_id, lambda _: JobStatus(
             job_id=self.job_id, state="queued", chunks_total=n_chunks, source=self.source,
             created_at=self.manifest.created_at))
@@ -112,7 +112,8 @@ class Job:
 
 
 class Rig:
-    def __init__(self, settings: Settings | None = None, store: MemoryStore | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, store: MemoryStore | None = None,
+                 progress_interval_s: float = 0.0) -> None:
         self.settings = settings or make_settings()
         self.store = store or CountingStore()
         self.jobs = JobStore(self.store, self.settings.state_bucket)
@@ -120,7 +121,8 @@ class Rig:
         self.exporter = RecordingExporter()
         self.notifier = WebhookNotifier(WebhookOptions.from_settings(self.settings), self.jobs, self.exporter,
                                         sleep=lambda s: None)
-        self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier)
+        self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier,
+                             progress_interval_s=progress_interval_s)
         self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher,
                                         uploads_bucket=self.settings.uploads_bucket,
                                         enable_fallback=self.settings.enable_fallback)
@@ -218,11 +220,14 @@ def test_job_failed_from_the_router_is_finalised_once() -> None:
                                                              source=source))
     created = rig.status(source.job_id).created_at
     failed = JobFailed(job_id=source.job_id, reason=reason, source=source)
+    before = utcnow()
     rig.push(failed)
+    finished_at = rig.status(source.job_id).finished_at
+    assert finished_at is not None and before <= finished_at <= utcnow()
     rig.push(failed)
     status = rig.status(source.job_id)
     assert status.state == "failed" and status.reason == reason and status.created_at == created
-    assert status.webhook.state == "disabled" and status.finished_at is not None
+    assert status.webhook.state == "disabled" and status.finished_at == finished_at
     assert rig.exporter.total(mn.JOBS, status="failed") == 1
 
 
@@ -291,8 +296,9 @@ def test_a_claim_left_half_done_is_completed_by_a_later_redelivery() -> None:
     rig.jobs.put_chunk_result(job.results[0])
     outcome = FinalOutcome(job_id=job.job_id, state="done", outputs={"json": "gs://transcripts/x.json"},
                            engines=["parakeet"], source=job.source, finished_at=utcnow(), claimed_at=utcnow())
-    assert rig.jobs.claim_final(outcome)  # then the claimer "crashed"
-    rig.push(job.results[0])
+    assert rig.jobs.claim_final(outcome) is True  # then the claimer "crashed"
+    with pytest.raises(TransientError, match="claimed 0 s ago and is not finished yet"):
+        rig.push(job.results[0])  # acking this redelivery could leave the job unfinished for good
     assert rig.status(job.job_id).state == "queued", "a fresh claim may still be in progress"
     outcome.claimed_at = utcnow() - timedelta(minutes=10)
     rig.store.write(rig.jobs.bucket, f"jobs/{job.job_id}/final.json", outcome.to_bytes())
@@ -364,14 +370,69 @@ def test_dead_upload_notification_fails_its_job() -> None:
     assert "router failed 6 times" in (status.reason or "") and "gs://uploads/big.mp3" in (status.reason or "")
 
 
-def test_dead_chunk_result_fails_the_job() -> None:
+def test_dead_chunk_result_is_stored_not_turned_into_a_failure() -> None:
     rig = Rig()
     job = Job(rig.jobs, n_chunks=2)
     rig.dead(job.results[1].to_bytes(), type="chunk_result", CloudPubSubDeadLetterSourceDeliveryCount="5",
              CloudPubSubDeadLetterSourceSubscription="projects/test/subscriptions/merger-push")
+    assert rig.jobs.chunk_indices(job.job_id) == {1}
+    assert rig.status(job.job_id).progress == "transcribing 1/2"
+    rig.push(job.results[0])
+    assert rig.status(job.job_id).state == "done" and rig.exporter.total(mn.JOBS, status="done") == 1
+
+
+def test_dead_task_whose_chunk_already_has_a_result_is_dropped_not_paid_again() -> None:
+    rig = Rig()
+    job = Job(rig.jobs, n_chunks=2)
+    rig.push(job.results[0])
+    rig.dead(task_for(job, 0, "gpu").to_bytes(), **DL)
+    rig.dead(task_for(job, 0, "deepgram").to_bytes(), **{**DL, "CloudPubSubDeadLetterSourceSubscription": "asr-deepgram-push"})
+    assert rig.publisher.messages == [], "no fallback to Deepgram for a chunk that is already transcribed"
+    assert rig.status(job.job_id).progress == "transcribing 1/2"
+
+
+def test_a_late_duplicate_with_an_error_cannot_fail_a_stored_chunk() -> None:
+    rig = Rig()
+    job = Job(rig.jobs, n_chunks=2)
+    rig.push(job.results[0])
+    rig.push(job.results[0].model_copy(update={"error": "the GPU ran out of memory", "words": []}))
+    assert rig.status(job.job_id).progress == "transcribing 1/2"
+    rig.push(job.results[1])
     status = rig.status(job.job_id)
-    assert status.state == "failed" and "merger could not record the result of chunk 2 of 2" in (status.reason or "")
-    assert "merger-push" in (status.reason or "")
+    assert status.state == "done" and status.reason is None
+
+
+def test_a_malformed_result_whose_job_id_can_be_read_fails_that_job() -> None:
+    rig = Rig()
+    job = Job(rig.jobs, n_chunks=2)
+    body = json.dumps({"job_id": job.job_id, "chunk_index": "first"}).encode()
+    with pytest.raises(MalformedMessageError, match="chunk_index"):
+        rig.merger.handle_results(Message(data=body, attributes={"type": "chunk_result"}))
+    status = rig.status(job.job_id)
+    assert status.state == "failed" and status.reason is not None
+    assert status.reason.startswith("a message for this job could not be read (malformed ChunkResult: chunk_index")
+    assert rig.exporter.total(mn.JOBS, status="failed") == 1
+
+
+def test_a_result_from_a_newer_release_is_retried_not_dropped() -> None:
+    rig = Rig()
+    job = Job(rig.jobs, n_chunks=1)
+    newer = job.results[0].model_copy(update={"schema_version": 2})
+    with pytest.raises(NewerSchemaError):
+        rig.push(newer)
+    assert rig.jobs.chunk_indices(job.job_id) == set() and rig.status(job.job_id).state == "queued"
+
+
+def test_progress_writes_are_throttled_but_the_final_status_is_written() -> None:
+    rig = Rig(progress_interval_s=PROGRESS_INTERVAL_S)
+    job = Job(rig.jobs, n_chunks=6)
+    for r in job.results[:5]:
+        rig.push(r)
+    status_path = f"jobs/{job.job_id}/status.json"
+    assert rig.store.writes[(rig.jobs.bucket, status_path)] == 2, "queued, then one progress write in the interval"
+    assert rig.status(job.job_id).progress == "transcribing 1/6"
+    rig.push(job.results[5])
+    assert rig.status(job.job_id).state == "done"
 
 
 def test_dead_letters_are_acked_even_when_unreadable() -> None:
@@ -388,6 +449,8 @@ def test_dead_letter_is_retried_when_storage_is_down() -> None:
 
     rig = Rig(store=DownStore())
     job_source = SourceRef(bucket="uploads", name="a.wav", generation="1", size=1)
-    with pytest.raises(TransientError):
+    with pytest.raises(TransientError, match="storage unavailable"):
         rig.dead(b"{}", bucketId="uploads", objectId="a.wav", objectGeneration="1")
-    assert job_source.job_id  # nothing recorded; Pub/Sub redelivers the dead letter
+    # Nothing recorded, published or counted; Pub/Sub redelivers the dead letter.
+    assert rig.store.list(rig.jobs.bucket, f"jobs/{job_source.job_id}") == []
+    assert rig.publisher.messages == [] and rig.exporter.records == []

@@ -61,14 +61,12 @@ class DeadLetters:
         elif attrs.get(ATTR_TYPE) == TYPE_JOB_FAILED:
             self._merger.on_job_failed(parse(JobFailed, message.data))
         elif attrs.get(ATTR_TYPE) == TYPE_CHUNK_RESULT:
+            # The chunk was transcribed and paid for: a merger or storage outage must not throw it away.
+            # Storing it here either finishes the job or raises, and Pub/Sub retries the dead letter.
             result = parse(ChunkResult, message.data)
-            if self._jobs.is_final(result.job_id):
-                self._merger.resume_if_stale(result.job_id, lease_s=0)
-                return
-            self._merger.finalise_failed(result.job_id, (
-                f"the merger could not record the result of chunk {result.chunk_index + 1} of {result.n_chunks} "
-                f"after {count} attempts on {where}; check the merger's logs and the state bucket, then re-upload"
-            ))
+            log.warning("result of chunk %d dead-lettered on %s after %s attempts; storing it", result.chunk_index,
+                        where, count, extra={"job_id": result.job_id, "chunk_index": result.chunk_index})
+            self._merger.on_chunk_result(result)
         else:
             self._dead_task(parse(ChunkTask, message.data), count, where)
 
@@ -92,6 +90,9 @@ class DeadLetters:
         ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "path": task.path}
         if self._jobs.is_final(task.job_id):
             log.info("dead-lettered task for a finished job ignored", extra=ctx)
+            return
+        if self._jobs.has_chunk_result(task.job_id, task.chunk.index):
+            log.info("dead-lettered task whose chunk already has a result ignored (not paid for again)", extra=ctx)
             return
         label = f"chunk {task.chunk.index + 1} of {task.n_chunks}"
         if task.path == "gpu" and self._enable_fallback and task.fallback_from is None:

@@ -9,8 +9,10 @@ Exactly one claimer sets the final status, sends the webhook and records the
 metrics; losers and later redeliveries do nothing.
 
 The claim holds the whole outcome (state, reason, outputs, summary). If the
-claimer dies before finishing, a redelivery more than :data:`CLAIM_LEASE_S`
-later completes the job from the claim, so no job stays half-finished.
+claimer dies before finishing, a message for the job that arrives within
+:data:`CLAIM_LEASE_S` of the claim is nacked, and one that arrives later (or the
+sweeper, if no message comes) completes the job from the claim, so no job stays
+half-finished. A result already stored wins over a later duplicate of it.
 
 ``/dead-letter`` is :mod:`parascribe.merger.dead_letter`, which finishes jobs through this class.
 """
@@ -33,11 +35,12 @@ from parascribe.contracts import (
     JobManifest,
     JobStatus,
     SourceRef,
+    job_id_of,
     parse,
     utcnow,
 )
 from parascribe.costs import Prices
-from parascribe.errors import MalformedMessageError, PermanentError
+from parascribe.errors import MalformedMessageError, PermanentError, TransientError
 from parascribe.gcp.pubsub import Message, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore
@@ -50,6 +53,15 @@ from parascribe.metrics import MetricsExporter, label_value
 log = logging.getLogger(__name__)
 
 CLAIM_LEASE_S = 120.0
+"""How long a claimer may take to finish a job before anyone else may complete it from its claim."""
+PROGRESS_INTERVAL_S = 2.0
+"""At most one progress write to a job's status per this many seconds (GCS allows one write a second
+per object), however many chunks finish at once; the final status is always written."""
+
+
+def is_finished(status: JobStatus | None) -> bool:
+    """Whether a job's status is final and its webhook settled (delivered, given up, or not configured)."""
+    return status is not None and status.final and status.webhook.state not in ("none", "pending")
 
 
 def chunk_failure_reason(result: ChunkResult, manifest: JobManifest) -> str:
@@ -69,6 +81,7 @@ class Merger:
         exporter: MetricsExporter,
         notifier: WebhookNotifier,
         clock: Callable[[], datetime] = utcnow,
+        progress_interval_s: float = PROGRESS_INTERVAL_S,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -78,6 +91,7 @@ class Merger:
         self._notifier = notifier
         self._prices = Prices.from_settings(settings)
         self._clock = clock
+        self._progress_interval_s = progress_interval_s
 
     @property
     def jobs(self) -> JobStore:
@@ -87,12 +101,32 @@ class Merger:
     def handle_results(self, message: Message) -> None:
         """A message from ``asr-results``, told apart by its ``type`` attribute."""
         kind = message.attributes.get(ATTR_TYPE)
+        try:
+            if kind == TYPE_CHUNK_RESULT:
+                result = parse(ChunkResult, message.data)
+            elif kind == TYPE_JOB_FAILED:
+                failed = parse(JobFailed, message.data)
+            else:
+                raise MalformedMessageError(
+                    f"asr-results message {message.message_id} has no known type attribute ({kind!r})"
+                )
+        except MalformedMessageError as err:
+            self.fail_unreadable(message.data, err.reason)
+            raise
         if kind == TYPE_CHUNK_RESULT:
-            self.on_chunk_result(parse(ChunkResult, message.data))
-        elif kind == TYPE_JOB_FAILED:
-            self.on_job_failed(parse(JobFailed, message.data))
+            self.on_chunk_result(result)
         else:
-            raise MalformedMessageError(f"asr-results message {message.message_id} has no known type attribute ({kind!r})")
+            self.on_job_failed(failed)
+
+    def fail_unreadable(self, data: bytes, why: str) -> None:
+        """Fail the job a malformed message belongs to, when its job id can be read and the job exists."""
+        job_id = job_id_of(data)
+        if job_id is None or self._jobs.manifest(job_id) is None:
+            return
+        self.finalise_failed(job_id, (
+            f"a message for this job could not be read ({why}); a worker and the merger may run "
+            "different releases: check the workers' logs, then re-upload"
+        ))
 
     def on_chunk_result(self, result: ChunkResult) -> None:
         job_id = result.job_id
@@ -106,10 +140,13 @@ class Merger:
             )
         if self._jobs.is_final(job_id):
             log.info("job already final; result ignored", extra=ctx)
-            self.resume_if_stale(job_id)
+            self.finish_claimed(job_id)
             return
         if not self._jobs.put_chunk_result(result):
-            log.info("chunk result already stored (redelivery)", extra=ctx)
+            stored = self._jobs.chunk_result(job_id, result.chunk_index)
+            if stored is not None:
+                log.info("chunk result already stored (redelivery); acting on the stored one", extra=ctx)
+                result = stored
         if result.error:
             self.finalise_failed(job_id, chunk_failure_reason(result, manifest), manifest=manifest)
             return
@@ -126,6 +163,9 @@ class Merger:
             status = current or JobStatus(job_id=manifest.job_id, state="transcribing", source=manifest.source,
                                           created_at=manifest.created_at)
             if status.final:
+                return None
+            if current is not None and current.state == "transcribing" and done < manifest.n_chunks and \
+                    (self._clock() - current.updated_at).total_seconds() < self._progress_interval_s:
                 return None
             status.state = "transcribing"
             status.chunks_total = manifest.n_chunks
@@ -168,7 +208,7 @@ class Merger:
         """Fail a job once: status ``failed`` with ``reason``, webhook, metrics."""
         if self._jobs.is_final(job_id):
             log.info("job already final; not failing it again", extra={"job_id": job_id})
-            self.resume_if_stale(job_id)
+            self.finish_claimed(job_id)
             return
         manifest = manifest or self._jobs.manifest(job_id)
         results = self._jobs.chunk_results(job_id) if manifest else []
@@ -208,16 +248,28 @@ class Merger:
         self._notifier.notify(status)
         self._record_metrics(status, results)
 
-    def resume_if_stale(self, job_id: str, lease_s: float = CLAIM_LEASE_S) -> bool:
-        """Complete a job whose claimer stopped half-way (claimed long ago, status or webhook unfinished)."""
+    def finish_claimed(self, job_id: str, lease_s: float = CLAIM_LEASE_S) -> bool:
+        """Make sure a claimed job gets finished.
+
+        Nothing to do once its status is final and its webhook settled. A claim older
+        than ``lease_s`` whose claimer stopped half-way is completed here, from the claim.
+
+        Returns:
+            True when this call completed the job.
+
+        Raises:
+            TransientError: the claim is younger than ``lease_s`` and the job is not finished,
+                so the message is retried: acking it could leave the job unfinished for good.
+        """
         outcome = self._jobs.final_outcome(job_id)
-        if outcome is None:
+        if outcome is None or is_finished(self._jobs.status(job_id)):
             return False
-        status = self._jobs.status(job_id)
-        if status is not None and status.final and status.webhook.state not in ("none", "pending"):
-            return False
-        if self._clock() - outcome.claimed_at < timedelta(seconds=lease_s):
-            return False
+        age = self._clock() - outcome.claimed_at
+        if age < timedelta(seconds=lease_s):
+            raise TransientError(
+                f"job {job_id} was claimed {age.total_seconds():.0f} s ago and is not finished yet; "
+                f"retry: after {lease_s:.0f} s anyone may complete it"
+            )
         log.warning("completing job %s claimed at %s but never finished", job_id, outcome.claimed_at.isoformat(),
                     extra={"job_id": job_id})
         self._complete(outcome, self._jobs.chunk_results(job_id))

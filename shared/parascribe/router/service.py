@@ -149,6 +149,7 @@ class Router:
             chunks=plan.chunks,
             estimated_cost_usd=plan.estimated_cost_usd,
             estimated_deepgram_only_usd=plan.estimated_deepgram_only_usd,
+            estimated_finish_s=plan.estimated_finish_s,
         )
 
     def _publish(self, manifest: JobManifest) -> None:
