@@ -143,10 +143,10 @@ class Merger:
             self.finish_claimed(job_id)
             return
         if not self._jobs.put_chunk_result(result):
-            stored = self._jobs.chunk_result(job_id, result.chunk_index)
-            if stored is not None:
+            first = self._jobs.chunk_result(job_id, result.chunk_index)
+            if first is not None:
                 log.info("chunk result already stored (redelivery); acting on the stored one", extra=ctx)
-                result = stored
+                result = first
         if result.error:
             self.finalise_failed(job_id, chunk_failure_reason(result, manifest), manifest=manifest)
             return
