@@ -12,6 +12,8 @@ deliveries and racing processes are harmless.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -22,6 +24,9 @@ from parascribe.gcp.storage import BlobStore
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 20
+_CAS_BACKOFF_S = 0.05
+"""First backoff after a lost compare-and-swap; it doubles per attempt, with full jitter."""
+_CAS_BACKOFF_CAP_S = 2.0
 
 
 def job_prefix(job_id: str) -> str:
@@ -31,9 +36,12 @@ def job_prefix(job_id: str) -> str:
 class JobStore:
     """Reads and writes job state with GCS preconditions."""
 
-    def __init__(self, store: BlobStore, bucket: str) -> None:
+    def __init__(self, store: BlobStore, bucket: str, *, sleep: Callable[[float], None] = time.sleep,
+                 rng: random.Random | None = None) -> None:
         self._store = store
         self._bucket = bucket
+        self._sleep = sleep
+        self._rng = rng or random.Random()
 
     @property
     def bucket(self) -> str:
@@ -98,9 +106,13 @@ class JobStore:
         ``change`` gets the current status (None if absent) and returns the new
         one, or None to leave it alone. A final status (done/failed) is never
         replaced by a non-final one, so late progress updates cannot undo it.
+
+        A lost race backs off with full jitter (50 ms doubling to at most 2 s), so
+        writers racing on one object spread out instead of retrying in lock step
+        against GCS's limit of one write per second per object.
         """
         path = self._path(job_id, "status.json")
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
             blob = self._store.read(self._bucket, path)
             current = parse(JobStatus, blob.data) if blob else None
             new = change(current.model_copy(deep=True) if current else None)
@@ -112,6 +124,7 @@ class JobStore:
             gen = self._store.write(self._bucket, path, new.to_bytes(), if_generation_match=blob.generation if blob else 0)
             if gen is not None:
                 return new
+            self._sleep(self._rng.uniform(0.0, min(_CAS_BACKOFF_CAP_S, _CAS_BACKOFF_S * 2**attempt)))
         raise TransientError(f"status of {job_id} kept changing under us ({_CAS_ATTEMPTS} attempts)")
 
     # --- finalisation ---
