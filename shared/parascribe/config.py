@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     deepgram_timeout_seconds: float = Field(300.0, gt=0)
     deepgram_max_concurrency: int = Field(16, ge=1, le=100)
 
+    # --- sweeper: ends jobs past their deadline plus a grace period ---
+    sweep_grace_minutes: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(0.0, ge=0)
+    """Seconds between sweeps the merger runs itself (the local stack); 0 in GCP, where Cloud Scheduler calls /sweep."""
+
     # --- webhook ---
     convex_webhook_url: str | None = None
     convex_webhook_secret: SecretStr | None = None

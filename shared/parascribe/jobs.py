@@ -29,6 +29,10 @@ _CAS_BACKOFF_S = 0.05
 _CAS_BACKOFF_CAP_S = 2.0
 
 
+OPEN_PREFIX = "open/"
+"""``open/<job_id>`` marks a job in progress, so the sweeper lists only those, not every job ever run."""
+
+
 def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
@@ -140,6 +144,20 @@ class JobStore:
 
     def is_final(self, job_id: str) -> bool:
         return self._store.info(self._bucket, self._path(job_id, "final.json")) is not None
+
+    # --- the open-job index the sweeper walks ---
+    def mark_open(self, job_id: str) -> None:
+        """Record that the job is in progress (idempotent); the sweeper watches it until :meth:`close`."""
+        self._store.write(self._bucket, f"{OPEN_PREFIX}{job_id}", utcnow().isoformat().encode(),
+                          content_type="text/plain", if_generation_match=0)
+
+    def close(self, job_id: str) -> None:
+        """The job is finished: the sweeper stops watching it."""
+        self._store.delete(self._bucket, f"{OPEN_PREFIX}{job_id}")
+
+    def open_jobs(self) -> list[str]:
+        """Ids of jobs started and not yet closed, oldest marker first by name order."""
+        return [n[len(OPEN_PREFIX):] for n in self._store.list(self._bucket, OPEN_PREFIX)]
 
     def recent(self, limit: int = 20) -> list[JobStatus]:
         """Statuses of recent jobs, newest first."""

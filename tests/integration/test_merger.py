@@ -23,7 +23,7 @@ from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import LOOPBACK, Emulators, provision
 from parascribe.merger.app import build
-from parascribe.merger.formats import FORMATS
+from parascribe.merger.formats import CONTENT_TYPES, FORMATS
 from parascribe.merger.service import Merger
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions, verify
 from parascribe.metrics import summarise_local
@@ -100,9 +100,11 @@ def test_results_pushed_by_the_emulator_finish_the_job(settings: Settings, store
         service.close()
     assert status.state == "done" and status.webhook.state == "delivered"
     assert set(status.outputs) == set(FORMATS)
-    for uri in status.outputs.values():
+    for fmt, uri in status.outputs.items():
         bucket, name = uri.removeprefix("gs://").split("/", 1)
-        assert bucket == settings.transcripts_bucket and store.info(bucket, name) is not None
+        info = store.info(bucket, name)
+        assert bucket == settings.transcripts_bucket and info is not None
+        assert (info.content_type, info.size > 0) == (CONTENT_TYPES[fmt], True), fmt
     bucket, name = status.outputs["json"].removeprefix("gs://").split("/", 1)
     blob = store.read(bucket, name)
     assert blob is not None
@@ -213,6 +215,8 @@ def test_service_entry_point(settings: Settings, store: GcsStore, receiver: Rece
     with load_service_main("merger") as module:
         client = module.app.test_client()
     assert client.get("/healthz").status_code == 200
+    swept = client.post("/sweep").get_json()
+    assert set(swept) == {"checked", "closed", "resumed", "finalised", "failed", "errors"} and swept["errors"] == 0
     jobs = JobStore(store, settings.state_bucket)
     job = Job(jobs, n_chunks=1, name="entry.wav")
     envelope = {"message": {"data": base64.b64encode(job.results[0].to_bytes()).decode(), "messageId": "1",

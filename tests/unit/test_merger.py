@@ -6,7 +6,8 @@ import base64
 import json
 import random
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -113,7 +114,7 @@ class Job:
 
 class Rig:
     def __init__(self, settings: Settings | None = None, store: MemoryStore | None = None,
-                 progress_interval_s: float = 0.0) -> None:
+                 progress_interval_s: float = 0.0, clock: Callable[[], datetime] = utcnow) -> None:
         self.settings = settings or make_settings()
         self.store = store or CountingStore()
         self.jobs = JobStore(self.store, self.settings.state_bucket)
@@ -122,7 +123,7 @@ class Rig:
         self.notifier = WebhookNotifier(WebhookOptions.from_settings(self.settings), self.jobs, self.exporter,
                                         sleep=lambda s: None)
         self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier,
-                             progress_interval_s=progress_interval_s)
+                             progress_interval_s=progress_interval_s, clock=clock)
         self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher,
                                         uploads_bucket=self.settings.uploads_bucket,
                                         enable_fallback=self.settings.enable_fallback)

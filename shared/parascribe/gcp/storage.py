@@ -71,6 +71,10 @@ class BlobStore(Protocol):
 
     def list(self, bucket: str, prefix: str) -> list[str]: ...
 
+    def delete(self, bucket: str, name: str) -> None:
+        """Delete the object; deleting one that does not exist is not an error."""
+        ...
+
     def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None: ...
 
     def signed_url(self, bucket: str, name: str, expires: timedelta, generation: str | None = None) -> str:
@@ -167,6 +171,14 @@ class GcsStore:
             return [b.name for b in self._client.list_blobs(bucket, prefix=prefix)]
         except _TRANSIENT as err:
             raise TransientError(f"listing gs://{bucket}/{prefix}: {err}") from err
+
+    def delete(self, bucket: str, name: str) -> None:
+        try:
+            self._client.bucket(bucket).blob(name).delete()
+        except gexc.NotFound:
+            return
+        except _TRANSIENT as err:
+            raise TransientError(f"deleting gs://{bucket}/{name}: {err}") from err
 
     def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None:
         try:

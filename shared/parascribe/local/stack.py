@@ -169,6 +169,8 @@ def _start_parts(state: StackState, emu: Emulators, root: Path, logs: Path, time
     env.setdefault("DEEPGRAM_MAX_CONCURRENCY", "2")
     env.setdefault("METRICS_LOCAL_PATH", str(Path(state.home) / "metrics.jsonl"))
     env.setdefault("METRICS_FLUSH_SECONDS", "10")
+    # Cloud Scheduler calls the merger's /sweep in GCP; locally the merger sweeps on its own timer.
+    env.setdefault("SWEEP_INTERVAL_SECONDS", "30")
     state.env["METRICS_LOCAL_PATH"] = env["METRICS_LOCAL_PATH"]
 
     if not env.get("DEEPGRAM_API_KEY"):

@@ -1,6 +1,8 @@
-"""Wiring of the merger service: real adapters, both push routes, the metrics exporter."""
+"""Wiring of the merger service: real adapters, both push routes, the sweeper, the metrics exporter."""
 
 from __future__ import annotations
+
+from flask import Response, jsonify
 
 from parascribe.config import Settings
 from parascribe.gcp.monitoring import exporter_from_settings
@@ -9,6 +11,7 @@ from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.merger.dead_letter import DeadLetters
 from parascribe.merger.service import Merger
+from parascribe.merger.sweeper import Sweeper
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from parascribe.metrics import MetricsExporter
 
@@ -16,7 +19,8 @@ SERVICE = "merger"
 
 
 def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushService:
-    """The merger: ``POST /pubsub`` (``merger-push``), ``POST /dead-letter`` (``dead-letter-push``), ``/healthz``.
+    """The merger: ``POST /pubsub`` (``merger-push``), ``POST /dead-letter`` (``dead-letter-push``),
+    ``POST /sweep`` (Cloud Scheduler), ``GET /healthz``. With ``SWEEP_INTERVAL_SECONDS`` it also sweeps on a timer.
 
     Args:
         settings: the process settings.
@@ -32,4 +36,14 @@ def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushSe
     dead_letters = DeadLetters(merger, jobs, publisher, uploads_bucket=settings.uploads_bucket,
                                enable_fallback=settings.enable_fallback)
     app = create_push_app(SERVICE, {"/pubsub": merger.handle_results, "/dead-letter": dead_letters.handle})
-    return PushService(SERVICE, app, [exporter.close] if owned else [])
+    sweeper = Sweeper(merger, jobs, grace_s=settings.sweep_grace_minutes * 60.0)
+
+    @app.post("/sweep")
+    def sweep() -> Response:
+        return jsonify(sweeper.sweep().as_dict())
+
+    closers = [exporter.close] if owned else []
+    if settings.sweep_interval_seconds > 0:
+        sweeper.start_timer(settings.sweep_interval_seconds)
+        closers.append(sweeper.stop_timer)
+    return PushService(SERVICE, app, closers)

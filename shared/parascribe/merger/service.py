@@ -158,6 +158,10 @@ class Merger:
     def on_job_failed(self, failed: JobFailed) -> None:
         self.finalise_failed(failed.job_id, failed.reason, source=failed.source)
 
+    def record_progress(self, manifest: JobManifest, done: int) -> None:
+        """Move the status to ``transcribing done/n`` (throttled; never over a final status)."""
+        self._progress(manifest, done)
+
     def _progress(self, manifest: JobManifest, done: int) -> None:
         def change(current: JobStatus | None) -> JobStatus | None:
             status = current or JobStatus(job_id=manifest.job_id, state="transcribing", source=manifest.source,
@@ -247,6 +251,7 @@ class Merger:
         assert status is not None
         self._notifier.notify(status)
         self._record_metrics(status, results)
+        self._jobs.close(outcome.job_id)
 
     def finish_claimed(self, job_id: str, lease_s: float = CLAIM_LEASE_S) -> bool:
         """Make sure a claimed job gets finished.

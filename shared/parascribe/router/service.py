@@ -110,6 +110,7 @@ class Router:
                 job_id=job_id, state="queued", chunks_total=final_manifest.n_chunks, source=source,
             ),
         )
+        self._jobs.mark_open(job_id)
         self._publish(manifest)
         self._store.write(
             self._jobs.bucket, published_marker(job_id), utcnow().isoformat().encode(),
