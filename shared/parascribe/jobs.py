@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
@@ -169,3 +171,38 @@ class JobStore:
                 statuses.append(parse(JobStatus, blob.data))
         statuses.sort(key=lambda s: s.created_at or datetime.min, reverse=True)
         return statuses[:limit]
+
+
+class EndedJobs:
+    """Whether a job has ended (done or failed), remembered once seen, for workers to skip its chunks cheaply.
+
+    A worker asks before it decodes or pays for a chunk: a failed job's remaining chunks
+    are acked without being transcribed. Only ended jobs are remembered (a state that
+    cannot change back); an unreadable status counts as not ended, so a storage hiccup
+    never drops work.
+    """
+
+    def __init__(self, jobs: JobStore, capacity: int = 10_000) -> None:
+        self._jobs = jobs
+        self._capacity = capacity
+        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def state(self, job_id: str) -> str | None:
+        """``done`` or ``failed`` once the job has ended, else None."""
+        with self._lock:
+            if job_id in self._ended:
+                self._ended.move_to_end(job_id)
+                return self._ended[job_id]
+        try:
+            status = self._jobs.status(job_id)
+        except Exception as err:  # the chunk is worth more than the saving: transcribe it
+            log.warning("cannot read the status of %s, transcribing anyway: %s", job_id, err)
+            return None
+        if status is None or not status.final:
+            return None
+        with self._lock:
+            self._ended[job_id] = status.state
+            while len(self._ended) > self._capacity:
+                self._ended.popitem(last=False)
+        return status.state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import json
 import os
 import signal
 import threading
@@ -25,12 +26,15 @@ from parascribe.config import Settings, load_settings
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
+    TYPE_JOB_FAILED,
     AudioInfo,
     ChunkResult,
     ChunkSpec,
     ChunkTask,
     Contract,
     EngineName,
+    JobFailed,
+    JobStatus,
     SourceRef,
     Word,
 )
@@ -43,6 +47,7 @@ from parascribe.errors import (
 )
 from parascribe.gcp.pubsub import Message
 from parascribe.gcp.source_cache import SourceCache
+from parascribe.jobs import EndedJobs, JobStore
 from tests.fakes import MemoryStore, RecordingPublisher
 
 pytestmark = pytest.mark.timeout(60)
@@ -158,12 +163,18 @@ def settings(**kw: Any) -> Settings:
 
 
 @pytest.fixture
-def make_worker(store: FlakyStore, tmp_path: Path) -> Iterator[Any]:
+def pub() -> RecordingPublisher:
+    """What the worker published (the publisher ``make_worker`` gives a worker unless told otherwise)."""
+    return RecordingPublisher()
+
+
+@pytest.fixture
+def make_worker(store: FlakyStore, pub: RecordingPublisher, tmp_path: Path) -> Iterator[Any]:
     made: list[AsrWorker] = []
 
     def make(engine: FakeEngine | None, publisher: RecordingPublisher | None = None, **kw: Any) -> AsrWorker:
-        extra = {k: kw.pop(k) for k in ("engine_unavailable_reason", "health_port", "subscriber") if k in kw}
-        worker = AsrWorker(settings(**kw), engine, store, publisher or RecordingPublisher(),
+        extra = {k: kw.pop(k) for k in ("engine_unavailable_reason", "health_port", "subscriber", "ended") if k in kw}
+        worker = AsrWorker(settings(**kw), engine, store, publisher or pub,
                            SourceCache(store, tmp_path / "cache", 10_000_000), **extra)
         made.append(worker)
         return worker
@@ -190,10 +201,10 @@ def forwarded(publisher: RecordingPublisher) -> list[ChunkTask]:
 # --- process_batch ---
 
 
-def test_batch_publishes_one_result_per_task_in_file_time(make_worker: Any, store: FlakyStore,
+def test_batch_publishes_one_result_per_task_in_file_time(make_worker: Any, pub: RecordingPublisher, store: FlakyStore,
                                                           source: SourceRef) -> None:
-    engine, pub = FakeEngine(), RecordingPublisher()
-    worker = make_worker(engine, pub)
+    engine = FakeEngine()
+    worker = make_worker(engine)
     tasks = tasks_for(source, 3)
     outcomes = worker.process_batch(inbound(tasks))
 
@@ -215,9 +226,10 @@ def test_batch_publishes_one_result_per_task_in_file_time(make_worker: Any, stor
     assert all(r.processing_seconds > 0 for r in got)
 
 
-def test_words_outside_the_decode_span_are_dropped_or_clamped(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(stray_words=True), pub)
+def test_words_outside_the_decode_span_are_dropped_or_clamped(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
+    worker = make_worker(FakeEngine(stray_words=True))
     [task] = tasks_for(source, 3)[1:2]
     worker.process_batch(inbound([task]))
     [res] = results(pub)
@@ -227,11 +239,10 @@ def test_words_outside_the_decode_span_are_dropped_or_clamped(make_worker: Any, 
 
 
 def test_last_chunk_reads_to_the_real_end_when_the_header_underestimated(
-    make_worker: Any, store: FlakyStore
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore
 ) -> None:
     source = upload(store, "vbr.wav", wav_bytes(seconds=7.0))
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(), pub)
+    worker = make_worker(FakeEngine())
     # Planned from a header that claimed 6 s; the stream really holds 7 s.
     first, last = tasks_for(source, 3)[1:]
     worker.process_batch(inbound([first, last]))
@@ -241,9 +252,9 @@ def test_last_chunk_reads_to_the_real_end_when_the_header_underestimated(
     assert by_index[1].audio_seconds == pytest.approx(first.chunk.duration_s, abs=0.01)
 
 
-def test_oom_halves_the_batch_until_it_fits(make_worker: Any, source: SourceRef) -> None:
-    engine, pub = FakeEngine(oom_above=1), RecordingPublisher()
-    worker = make_worker(engine, pub)
+def test_oom_halves_the_batch_until_it_fits(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
+    engine = FakeEngine(oom_above=1)
+    worker = make_worker(engine)
     outcomes = worker.process_batch(inbound(tasks_for(source, 3) + tasks_for(source, 1, job="jother")))
     assert worker.batch_sizes == [4, 2, 1, 1, 2, 1, 1]
     assert [o.kind for o in outcomes] == ["result"] * 4
@@ -252,9 +263,10 @@ def test_oom_halves_the_batch_until_it_fits(make_worker: Any, source: SourceRef)
     assert not worker.fallbacks
 
 
-def test_oom_down_to_one_chunk_falls_back_to_deepgram(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(oom_above=0), pub)
+def test_oom_down_to_one_chunk_falls_back_to_deepgram(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
+    worker = make_worker(FakeEngine(oom_above=0))
     tasks = tasks_for(source, 3)
     outcomes = worker.process_batch(inbound(tasks))
     assert worker.batch_sizes == [3, 1, 2, 1, 1]
@@ -266,9 +278,8 @@ def test_oom_down_to_one_chunk_falls_back_to_deepgram(make_worker: Any, source: 
     assert worker.fallbacks == {"oom": 3}
 
 
-def test_a_chunk_that_fails_alone_is_isolated(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(fail_keys=["jtest/2"]), pub)
+def test_a_chunk_that_fails_alone_is_isolated(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
+    worker = make_worker(FakeEngine(fail_keys=["jtest/2"]))
     outcomes = worker.process_batch(inbound(tasks_for(source, 4)))
     assert [o.kind for o in outcomes] == ["result", "result", "fallback", "result"]
     assert [t.chunk.index for t in forwarded(pub)] == [2]
@@ -277,9 +288,10 @@ def test_a_chunk_that_fails_alone_is_isolated(make_worker: Any, source: SourceRe
     assert worker.fallbacks == {"engine_error": 1}
 
 
-def test_fallback_disabled_publishes_an_error_result(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(oom_above=0), pub, enable_fallback=False)
+def test_fallback_disabled_publishes_an_error_result(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
+    worker = make_worker(FakeEngine(oom_above=0), enable_fallback=False)
     outcomes = worker.process_batch(inbound(tasks_for(source, 2)))
     assert [(o.action, o.kind) for o in outcomes] == [("ack", "error")] * 2
     got = results(pub)
@@ -289,8 +301,7 @@ def test_fallback_disabled_publishes_an_error_result(make_worker: Any, source: S
 
 def test_engine_unusable_mid_run_forwards_the_whole_batch_without_splitting(make_worker: Any,
                                                                             source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(unavailable=True), pub)
+    worker = make_worker(FakeEngine(unavailable=True))
     outcomes = worker.process_batch(inbound(tasks_for(source, 3)))
     assert worker.batch_sizes == [3]
     assert [o.kind for o in outcomes] == ["fallback"] * 3
@@ -299,8 +310,7 @@ def test_engine_unusable_mid_run_forwards_the_whole_batch_without_splitting(make
 
 def test_engine_that_never_loaded_forwards_everything(make_worker: Any, store: FlakyStore,
                                                       source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(None, pub, engine_unavailable_reason="NeMo not installed")
+    worker = make_worker(None, engine_unavailable_reason="NeMo not installed")
     outcomes = worker.process_batch(inbound(tasks_for(source, 2)))
     assert [o.kind for o in outcomes] == ["fallback"] * 2
     assert store.downloads == 0  # nothing to decode for
@@ -309,9 +319,10 @@ def test_engine_that_never_loaded_forwards_everything(make_worker: Any, store: F
         make_worker(None, enable_fallback=False)
 
 
-def test_bad_audio_is_a_permanent_error_result(make_worker: Any, store: FlakyStore, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(), pub)
+def test_bad_audio_is_a_permanent_error_result(
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore, source: SourceRef
+) -> None:
+    worker = make_worker(FakeEngine())
     garbage = upload(store, "broken.mp3", b"\x00\x01not audio" * 500)
     good = tasks_for(source, 1, job="jgood")
     bad = tasks_for(garbage, 2, job="jbad")
@@ -323,18 +334,56 @@ def test_bad_audio_is_a_permanent_error_result(make_worker: Any, store: FlakySto
     assert err is not None and "gs://uploads/broken.mp3" in err and "chunk 1" in err
 
 
-def test_span_after_the_end_of_audio_is_an_error_result(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(), pub)
+def test_span_after_the_end_of_audio_is_an_error_result(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
+    worker = make_worker(FakeEngine())
     tasks = tasks_for(source, 5)  # the source holds 6 s; chunk 4 spans 7.5-10 s
     worker.process_batch(inbound(tasks[4:]))
     [res] = results(pub)
     assert res.error is not None and "ends before" in res.error
 
 
-def test_malformed_messages_are_acked_and_dropped(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
-    worker = make_worker(FakeEngine(), pub)
+JOB = "j" + "0" * 20
+
+
+def test_chunks_of_a_job_that_already_ended_are_skipped_unpaid(
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore, source: SourceRef
+) -> None:
+    jobs = JobStore(store, "state")
+    jobs.update_status(JOB, lambda _: JobStatus(job_id=JOB, state="failed", reason="chunk 1 of 3 was corrupt"))
+    engine = FakeEngine()
+    worker = make_worker(engine, ended=EndedJobs(jobs))
+    downloads = store.downloads
+    outcomes = worker.process_batch(inbound(tasks_for(source, 3, job=JOB)))
+    assert [(o.action, o.kind, o.reason) for o in outcomes] == [("ack", "skipped", "job failed")] * 3
+    assert engine.calls == [] and pub.messages == [] and store.downloads == downloads
+
+
+def test_a_malformed_task_whose_job_id_can_be_read_fails_that_job(make_worker: Any, pub: RecordingPublisher) -> None:
+    worker = make_worker(FakeEngine())
+    body = json.dumps({"job_id": JOB, "chunk": {"index": "zero"}}).encode()
+    [outcome] = worker.process_batch([Message(message_id="m1", data=body)])
+    assert (outcome.action, outcome.kind) == ("ack", "malformed")
+    [(topic, failed, attrs)] = pub.messages
+    assert topic == names.TOPIC_ASR_RESULTS and attrs == {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": JOB}
+    assert isinstance(failed, JobFailed) and failed.job_id == JOB
+    assert failed.reason.startswith("a chunk task for this job could not be read (malformed ChunkTask")
+
+
+def test_a_task_from_a_newer_release_is_nacked_untouched(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
+    engine = FakeEngine()
+    worker = make_worker(engine)
+    newer = tasks_for(source, 1)[0].model_copy(update={"schema_version": 2})
+    [outcome] = worker.process_batch(inbound([newer]))
+    assert (outcome.action, outcome.kind) == ("nack", "retry") and "newer than this reader" in (outcome.reason or "")
+    assert engine.calls == [] and pub.messages == []
+
+
+def test_malformed_messages_are_acked_and_dropped(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
+    worker = make_worker(FakeEngine())
     msgs = [Message(message_id="bad1", data=b"{not json"), Message(message_id="bad2", data=b'{"job_id": "x"}'), *inbound(tasks_for(source, 1))]
     outcomes = worker.process_batch(msgs)
     assert [(o.message_id, o.action, o.kind) for o in outcomes] == [
@@ -350,10 +399,11 @@ def test_transient_publish_failure_nacks(make_worker: Any, source: SourceRef) ->
     assert not worker.fallbacks  # a fallback counts only once it was published
 
 
-def test_transient_storage_failure_nacks(make_worker: Any, store: FlakyStore, source: SourceRef) -> None:
-    pub = RecordingPublisher()
+def test_transient_storage_failure_nacks(
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore, source: SourceRef
+) -> None:
     engine = FakeEngine()
-    worker = make_worker(engine, pub)
+    worker = make_worker(engine)
     store.fail = True
     outcomes = worker.process_batch(inbound(tasks_for(source, 2)))
     assert [(o.action, o.kind) for o in outcomes] == [("nack", "retry")] * 2
@@ -387,11 +437,12 @@ def wait_for(cond: Any, timeout_s: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_thread_honours_batch_size_and_acks_after_publishing(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
+def test_thread_honours_batch_size_and_acks_after_publishing(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
     settled: list[tuple[str, str, float]] = []
     engine = FakeEngine(delay_s=0.05)
-    worker = make_worker(engine, pub, gpu_batch_size=3, gpu_batch_linger_ms=100)
+    worker = make_worker(engine, gpu_batch_size=3, gpu_batch_linger_ms=100)
     worker.start(pull=False)
     handles = []
     for msg in inbound(tasks_for(source, 7, chunk_s=0.8, overlap_s=0.1)):
@@ -406,11 +457,10 @@ def test_thread_honours_batch_size_and_acks_after_publishing(make_worker: Any, s
         assert h.msg_id in published_ids[: h.published_at_ack], "acked before its result was published"
 
 
-def test_thread_lingers_for_a_partial_batch(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
+def test_thread_lingers_for_a_partial_batch(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
     settled: list[tuple[str, str, float]] = []
     engine = FakeEngine()
-    worker = make_worker(engine, pub, gpu_batch_size=8, gpu_batch_linger_ms=400)
+    worker = make_worker(engine, gpu_batch_size=8, gpu_batch_linger_ms=400)
     worker.start(pull=False)
     msgs = inbound(tasks_for(source, 3))
     t0 = time.monotonic()
@@ -425,13 +475,12 @@ def test_thread_lingers_for_a_partial_batch(make_worker: Any, source: SourceRef)
     assert [len(c) for c in engine.calls] == [2, 1]
 
 
-def test_next_batch_is_fetched_and_decoded_while_the_engine_runs(make_worker: Any, store: FlakyStore,
-                                                               source: SourceRef) -> None:
-    pub = RecordingPublisher()
+def test_next_batch_is_fetched_and_decoded_while_the_engine_runs(make_worker: Any, pub: RecordingPublisher,
+                                                                 store: FlakyStore, source: SourceRef) -> None:
     settled: list[tuple[str, str, float]] = []
     other = upload(store, "other.wav", wav_bytes(2.0))
     engine = FakeEngine(delay_s=1.0)
-    worker = make_worker(engine, pub, gpu_batch_size=1, gpu_batch_linger_ms=0)
+    worker = make_worker(engine, gpu_batch_size=1, gpu_batch_linger_ms=0)
     worker.start(pull=False)
     [first] = inbound(tasks_for(source, 1))
     [second] = inbound(tasks_for(other, 1, job="jother"))
@@ -444,11 +493,12 @@ def test_next_batch_is_fetched_and_decoded_while_the_engine_runs(make_worker: An
     assert [a for _, a, _ in settled] == ["ack", "ack"]
 
 
-def test_stop_finishes_the_batch_in_hand_and_nacks_the_queue(make_worker: Any, source: SourceRef) -> None:
-    pub = RecordingPublisher()
+def test_stop_finishes_the_batch_in_hand_and_nacks_the_queue(
+    make_worker: Any, pub: RecordingPublisher, source: SourceRef
+) -> None:
     settled: list[tuple[str, str, float]] = []
     engine = FakeEngine(delay_s=0.5)
-    worker = make_worker(engine, pub, gpu_batch_size=2, gpu_batch_linger_ms=2000)
+    worker = make_worker(engine, gpu_batch_size=2, gpu_batch_linger_ms=2000)
     worker.start(pull=False)
     for msg in inbound(tasks_for(source, 5)):
         worker.submit(msg, Handle(msg.message_id, pub, settled))
@@ -497,10 +547,10 @@ def get_health(port: int) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def test_streaming_pull_health_and_failure(make_worker: Any, source: SourceRef) -> None:
-    sub, pub = FakeSubscriber(), RecordingPublisher()
+def test_streaming_pull_health_and_failure(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
+    sub = FakeSubscriber()
     settled: list[tuple[str, str]] = []
-    worker = make_worker(FakeEngine(), pub, subscriber=sub, health_port=0, gpu_batch_size=5, gpu_batch_linger_ms=0)
+    worker = make_worker(FakeEngine(), subscriber=sub, health_port=0, gpu_batch_size=5, gpu_batch_linger_ms=0)
     worker.start()
     assert sub.subscribed is not None
     path, callback, flow = sub.subscribed

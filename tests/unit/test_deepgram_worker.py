@@ -7,7 +7,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,14 +22,26 @@ from pydantic import SecretStr
 
 from parascribe import names
 from parascribe.config import Settings, load_settings
-from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, AudioInfo, ChunkResult, ChunkSpec, ChunkTask, SourceRef
+from parascribe.contracts import (
+    ATTR_TYPE,
+    TYPE_CHUNK_RESULT,
+    TYPE_JOB_FAILED,
+    AudioInfo,
+    ChunkResult,
+    ChunkSpec,
+    ChunkTask,
+    JobFailed,
+    JobStatus,
+    SourceRef,
+)
 from parascribe.deepgram.app import create_app
 from parascribe.deepgram.client import DeepgramOptions, DeepgramTranscriber, DeepgramTranscript
 from parascribe.deepgram.worker import DeepgramWorker
-from parascribe.errors import TransientError
+from parascribe.errors import MalformedMessageError, NewerSchemaError, TransientError
 from parascribe.gcp.pubsub import Message
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import GcsStore
+from parascribe.jobs import EndedJobs, JobStore
 from parascribe.local.deepgram_server import RunningServer, start_in_thread
 from tests.fakes import MemoryStore, RecordingPublisher
 from tests.speech import speak, word_error_rate
@@ -282,14 +294,33 @@ class SlowTranscriber:
         return self._work()
 
 
-def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -> None:
-    store, publisher = MemoryStore(), RecordingPublisher()
-    slow = SlowTranscriber(0.2)
-    worker = DeepgramWorker(slow, store, publisher, SourceCache(store, tmp_path, 1 << 20),
-                            signer=lambda source, expires: "http://unused.invalid/x",
-                            max_concurrency=2, timeout_seconds=300.0)
+WorkerAndPublisher = tuple[DeepgramWorker, RecordingPublisher]
+SlotWorker = Callable[[SlowTranscriber, int, float], WorkerAndPublisher]
+
+
+@pytest.fixture
+def slot_worker(tmp_path: Path) -> SlotWorker:
+    """Makes a worker over fakes with ``max_concurrency`` slots; it signs a stub URL, so storage is never read."""
+
+    def make(transcriber: SlowTranscriber, max_concurrency: int, timeout_seconds: float) -> WorkerAndPublisher:
+        store, publisher = MemoryStore(), RecordingPublisher()
+        worker = DeepgramWorker(transcriber, store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                                signer=lambda source, expires: "http://unused.invalid/x",
+                                max_concurrency=max_concurrency, timeout_seconds=timeout_seconds)
+        return worker, publisher
+
+    return make
+
+
+def whole_file_message() -> Message:
     source = SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1)
-    msg = Message(data=task_for(source, 1.0, whole_file=True).to_bytes())
+    return Message(data=task_for(source, 1.0, whole_file=True).to_bytes())
+
+
+def test_requests_in_flight_never_exceed_the_concurrency_limit(slot_worker: SlotWorker) -> None:
+    slow = SlowTranscriber(0.2)
+    worker, publisher = slot_worker(slow, 2, 300.0)
+    msg = whole_file_message()
     threads = [threading.Thread(target=worker.handle, args=(msg,)) for _ in range(6)]
     for t in threads:
         t.start()
@@ -299,13 +330,9 @@ def test_requests_in_flight_never_exceed_the_concurrency_limit(tmp_path: Path) -
     assert len(publisher.messages) == 6
 
 
-def test_no_free_slot_in_time_is_transient(tmp_path: Path) -> None:
-    store, publisher = MemoryStore(), RecordingPublisher()
-    worker = DeepgramWorker(SlowTranscriber(1.0), store, publisher, SourceCache(store, tmp_path, 1 << 20),
-                            signer=lambda source, expires: "http://unused.invalid/x",
-                            max_concurrency=1, timeout_seconds=0.2)
-    msg = Message(data=task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0,
-                                    whole_file=True).to_bytes())
+def test_no_free_slot_in_time_is_transient(slot_worker: SlotWorker) -> None:
+    worker, publisher = slot_worker(SlowTranscriber(1.0), 1, 0.2)
+    msg = whole_file_message()
     busy = threading.Thread(target=worker.handle, args=(msg,))
     busy.start()
     time.sleep(0.05)
@@ -324,3 +351,52 @@ def test_emulator_signed_url_points_at_the_emulator_and_pins_the_generation() ->
     assert parsed.path == "/uploads/a%20b/c.wav"
     assert query["X-Goog-Algorithm"] == ["GOOG4-RSA-SHA256"] and query["X-Goog-Expires"] == ["1200"]
     assert query["generation"] == ["17"] and len(query["X-Goog-Signature"][0]) == 512
+
+
+JOB = "j" + "1" * 20
+
+
+def ended_worker(tmp_path: Path, state: str | None) -> tuple[DeepgramWorker, RecordingPublisher, SlowTranscriber]:
+    store, publisher, transcriber = MemoryStore(), RecordingPublisher(), SlowTranscriber(0.0)
+    jobs = JobStore(store, "state")
+    if state is not None:
+        jobs.update_status(JOB, lambda _: JobStatus(job_id=JOB, state=state, reason="chunk 2 of 4 was corrupt"))
+    worker = DeepgramWorker(transcriber, store, publisher, SourceCache(store, tmp_path, 1 << 20),
+                            signer=lambda source, expires: "http://unused.invalid/x",
+                            max_concurrency=1, timeout_seconds=5.0, ended=EndedJobs(jobs))
+    return worker, publisher, transcriber
+
+
+def whole_file_task() -> ChunkTask:
+    task = task_for(SourceRef(bucket=BUCKET, name="x.wav", generation="1", size=1), 1.0, whole_file=True)
+    return task.model_copy(update={"job_id": JOB})
+
+
+def test_a_chunk_of_a_failed_job_is_acked_without_paying_deepgram(tmp_path: Path) -> None:
+    worker, publisher, transcriber = ended_worker(tmp_path, "failed")
+    worker.handle(Message(data=whole_file_task().to_bytes()))
+    assert transcriber.peak == 0 and publisher.messages == []
+
+
+def test_a_chunk_of_a_running_job_is_sent(tmp_path: Path) -> None:
+    worker, publisher, transcriber = ended_worker(tmp_path, None)
+    worker.handle(Message(data=whole_file_task().to_bytes()))
+    assert transcriber.peak == 1 and len(publisher.messages) == 1
+
+
+def test_a_malformed_task_whose_job_id_can_be_read_fails_that_job(tmp_path: Path) -> None:
+    worker, publisher, transcriber = ended_worker(tmp_path, None)
+    with pytest.raises(MalformedMessageError, match="malformed ChunkTask"):
+        worker.handle(Message(data=json.dumps({"job_id": JOB, "chunk": None}).encode()))
+    [(topic, failed, attrs)] = publisher.messages
+    assert topic == names.TOPIC_ASR_RESULTS and attrs == {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": JOB}
+    assert isinstance(failed, JobFailed) and "could not be read (malformed ChunkTask" in failed.reason
+    assert transcriber.peak == 0
+
+
+def test_a_task_from_a_newer_release_is_nacked(tmp_path: Path) -> None:
+    worker, publisher, transcriber = ended_worker(tmp_path, None)
+    newer = whole_file_task().model_copy(update={"schema_version": 2})
+    with pytest.raises(NewerSchemaError):
+        worker.handle(Message(data=newer.to_bytes()))
+    assert transcriber.peak == 0 and publisher.messages == []

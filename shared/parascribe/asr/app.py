@@ -13,6 +13,7 @@ from parascribe.errors import EngineUnavailableError
 from parascribe.gcp.pubsub import PubSubPublisher
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import GcsStore
+from parascribe.jobs import EndedJobs, JobStore
 
 SERVICE = "asr_worker"
 
@@ -44,4 +45,5 @@ def build(settings: Settings, cache_dir: Path | None = None, health_port: int | 
             raise
         reason = err.reason
     return AsrWorker(settings, engine, store, publisher, cache, engine_unavailable_reason=reason,
-                     health_port=settings.port if health_port is None else health_port)
+                     health_port=settings.port if health_port is None else health_port,
+                     ended=EndedJobs(JobStore(store, settings.state_bucket)))

@@ -27,22 +27,26 @@ from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
+    TYPE_JOB_FAILED,
     ChunkResult,
     ChunkTask,
     Contract,
     EngineName,
+    JobFailed,
     Word,
     in_span,
+    job_id_of,
     parse,
 )
 from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
-from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, PermanentError, is_transient
+from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, is_transient
 from parascribe.gcp.pubsub import Action, Message, Publisher
 from parascribe.gcp.source_cache import SourceCache
+from parascribe.jobs import EndedJobs
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["result", "error", "fallback", "malformed", "retry"]
+Kind = Literal["result", "error", "fallback", "malformed", "retry", "skipped"]
 
 
 @dataclass
@@ -64,6 +68,10 @@ class Prepared:
     task: ChunkTask | None
     audio: Future[AudioChunk] | None = None
     malformed: str | None = None
+    retry: str | None = None
+    """Why the message must be redelivered untouched (a newer schema, say)."""
+    ended: str | None = None
+    """The job's final state when it ended before this chunk: the chunk is skipped, not paid for."""
 
     def cancel(self) -> None:
         """Drop the decode if it has not started."""
@@ -93,19 +101,22 @@ class BatchProcessor:
         cache: local copies of sources.
         engine_unavailable_reason: why ``engine`` is None.
         decode_workers: threads that decode a batch's spans in parallel.
+        ended: tells which jobs have already ended, so their chunks are skipped; None checks nothing.
 
     Call :meth:`process_batch` and :meth:`run` from one thread (engines are not thread-safe);
     :meth:`prepare` from any.
     """
 
     def __init__(self, settings: Settings, engine: AsrEngine | None, publisher: Publisher, cache: SourceCache, *,
-                 engine_unavailable_reason: str | None = None, decode_workers: int | None = None) -> None:
+                 engine_unavailable_reason: str | None = None, decode_workers: int | None = None,
+                 ended: EndedJobs | None = None) -> None:
         self._settings = settings
         self._engine = engine
         self._engine_name: EngineName = engine.name if engine is not None else "parakeet"
         self._unavailable = engine_unavailable_reason or "engine not loaded"
         self._publisher = publisher
         self._cache = cache
+        self._ended = ended
         self._decoders = ThreadPoolExecutor(
             max_workers=decode_workers or max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="asr-decode"
         )
@@ -135,8 +146,12 @@ class BatchProcessor:
         """
         try:
             task = parse(ChunkTask, msg.data)
-        except PermanentError as err:
-            return Prepared(msg, None, malformed=err.reason)
+        except Exception as err:
+            reason = getattr(err, "reason", None) or f"{type(err).__name__}: {err}"
+            return Prepared(msg, None, retry=reason) if is_transient(err) else Prepared(msg, None, malformed=reason)
+        ended = self._ended.state(task.job_id) if self._ended is not None else None
+        if ended is not None:
+            return Prepared(msg, task, ended=ended)
         audio = self._decoders.submit(self._decode_one, task) if self._engine is not None else None
         return Prepared(msg, task, audio)
 
@@ -155,9 +170,17 @@ class BatchProcessor:
         outcomes: list[Outcome | None] = [None] * len(batch)
         work: list[_Work] = []
         for pos, item in enumerate(batch):
+            if item.retry is not None:
+                log.warning("message %s cannot be read by this release, will retry: %s", item.inbound.message_id,
+                            item.retry)
+                outcomes[pos] = Outcome(item.inbound.message_id, "nack", "retry", reason=item.retry)
+                continue
             if item.task is None:
-                log.error("dropping malformed message %s: %s", item.inbound.message_id, item.malformed)
-                outcomes[pos] = Outcome(item.inbound.message_id, "ack", "malformed", reason=item.malformed)
+                outcomes[pos] = self._malformed(item.inbound, item.malformed or "malformed")
+                continue
+            if item.ended is not None:
+                log.info("job already %s; chunk skipped", item.ended, extra=_ctx(item.task))
+                outcomes[pos] = Outcome(item.inbound.message_id, "ack", "skipped", reason=f"job {item.ended}")
                 continue
             w = _Work(pos, item.task)
             work.append(w)
@@ -251,6 +274,21 @@ class BatchProcessor:
             log.warning("chunk sent to Deepgram (%s: %s); fallbacks so far: %s", reason, w.failure_detail,
                         dict(self.fallbacks), extra=_ctx(task))
         return outcome
+
+    def _malformed(self, msg: Message, reason: str) -> Outcome:
+        """Ack a task that cannot be read; when its job id can, that job fails with the reason."""
+        job_id = job_id_of(msg.data)
+        log.error("dropping malformed message %s: %s", msg.message_id, reason, extra={"job_id": job_id})
+        if job_id is None:
+            return Outcome(msg.message_id, "ack", "malformed", reason=reason)
+        failed = JobFailed(job_id=job_id, reason=f"a chunk task for this job could not be read ({reason}); "
+                                                 "the router and the ASR worker may run different releases")
+        try:
+            self._publisher.publish(names.TOPIC_ASR_RESULTS, failed, {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id})
+        except Exception as err:
+            log.warning("publishing the failure of %s failed, will retry: %s", job_id, err)
+            return Outcome(msg.message_id, "nack", "retry", reason=f"publish to {names.TOPIC_ASR_RESULTS} failed: {err}")
+        return Outcome(msg.message_id, "ack", "malformed", [(names.TOPIC_ASR_RESULTS, failed)], reason)
 
     def _publish_error(self, msg: Message, task: ChunkTask, reason: str) -> Outcome:
         result = ChunkResult.for_task(task, self._engine_name, error=reason)

@@ -35,6 +35,7 @@ from parascribe.errors import EngineUnavailableError
 from parascribe.gcp.pubsub import HealthServer, Message, Publisher
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import BlobStore
+from parascribe.jobs import EndedJobs
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class AsrWorker:
         health_port: port of the ``/healthz`` server; None for none, 0 for any free port.
         decode_workers: threads that decode a batch's spans in parallel.
         subscriber: a ``SubscriberClient``; one is created when None.
+        ended: tells which jobs have ended, so their remaining chunks are skipped; None checks nothing.
 
     Raises:
         EngineUnavailableError: ``engine`` is None and ``ENABLE_FALLBACK`` is false.
@@ -88,6 +90,7 @@ class AsrWorker:
         health_port: int | None = None,
         decode_workers: int | None = None,
         subscriber: Any = None,
+        ended: EndedJobs | None = None,
     ) -> None:
         if engine is None and not settings.enable_fallback:
             raise EngineUnavailableError(
@@ -97,7 +100,7 @@ class AsrWorker:
         self._store = store
         self._batch = BatchProcessor(settings, engine, publisher, cache,
                                      engine_unavailable_reason=engine_unavailable_reason,
-                                     decode_workers=decode_workers)
+                                     decode_workers=decode_workers, ended=ended)
         self._batch_size = settings.gpu_batch_size
         self._linger_s = settings.gpu_batch_linger_ms / 1000.0
         self._queue: queue.Queue[_Pending] = queue.Queue()

@@ -14,6 +14,7 @@ from parascribe.gcp.monitoring import exporter_from_settings
 from parascribe.gcp.pubsub import PubSubPublisher, PushService, create_push_app
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import GcsStore
+from parascribe.jobs import EndedJobs, JobStore
 from parascribe.metrics import MetricsExporter
 
 SERVICE = "deepgram_worker"
@@ -36,6 +37,7 @@ def build_worker(settings: Settings, exporter: MetricsExporter | None = None,
         cache=cache,
         max_concurrency=settings.deepgram_max_concurrency,
         timeout_seconds=settings.deepgram_timeout_seconds,
+        ended=EndedJobs(JobStore(store, settings.state_bucket)),
     )
 
 

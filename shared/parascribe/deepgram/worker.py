@@ -38,11 +38,22 @@ from typing import Protocol
 
 from parascribe import names
 from parascribe.audio import decode_file, encode_flac
-from parascribe.contracts import ATTR_TYPE, TYPE_CHUNK_RESULT, ChunkResult, ChunkTask, SourceRef, parse
+from parascribe.contracts import (
+    ATTR_TYPE,
+    TYPE_CHUNK_RESULT,
+    TYPE_JOB_FAILED,
+    ChunkResult,
+    ChunkTask,
+    JobFailed,
+    SourceRef,
+    job_id_of,
+    parse,
+)
 from parascribe.deepgram.client import DeepgramTranscript
-from parascribe.errors import BadAudioError, DeepgramAuthError, PermanentError, TransientError
+from parascribe.errors import BadAudioError, DeepgramAuthError, MalformedMessageError, PermanentError, TransientError
 from parascribe.gcp.pubsub import Message, Publisher
 from parascribe.gcp.storage import BlobStore
+from parascribe.jobs import EndedJobs
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ class DeepgramWorker:
         max_concurrency: ``DEEPGRAM_MAX_CONCURRENCY``, the requests this process holds open at once.
         timeout_seconds: ``DEEPGRAM_TIMEOUT_SECONDS``; a request waits this long for a free slot,
             and signed URLs live at least three times as long (and at least 15 minutes).
+        ended: tells which jobs have ended, so their remaining chunks are not paid for; None checks nothing.
     """
 
     def __init__(
@@ -84,7 +96,9 @@ class DeepgramWorker:
         *,
         max_concurrency: int,
         timeout_seconds: float,
+        ended: EndedJobs | None = None,
     ) -> None:
+        self._ended = ended
         self._transcriber = transcriber
         self._store = store
         self._publisher = publisher
@@ -103,14 +117,26 @@ class DeepgramWorker:
     def handle(self, msg: Message) -> None:
         """Transcribe one chunk task and publish its result.
 
+        A task whose job has already ended (another chunk failed it) is acked unpaid.
+        A task that cannot be read fails its job when its job id can be read.
+
         Raises:
             MalformedMessageError: the body is not a ChunkTask (acked by the push app).
+            NewerSchemaError: a newer release wrote it (nacked for a newer worker).
             DeepgramAuthError: the key was rejected (nacked until someone fixes it).
             TransientError: Deepgram, storage or Pub/Sub may succeed later (nacked).
         """
-        task = parse(ChunkTask, msg.data)
+        try:
+            task = parse(ChunkTask, msg.data)
+        except MalformedMessageError as err:
+            self._fail_unreadable(msg.data, err.reason)
+            raise
         ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "engine": "deepgram",
                "path": "deepgram", "attempt": msg.delivery_attempt}
+        ended = self._ended.state(task.job_id) if self._ended is not None else None
+        if ended is not None:
+            log.info("job already %s; chunk skipped, not sent to Deepgram", ended, extra=ctx)
+            return
         if task.path != "deepgram":
             log.warning("task addressed to path %r reached the Deepgram worker; transcribing it anyway", task.path,
                         extra=ctx)
@@ -128,6 +154,15 @@ class DeepgramWorker:
         self._publish(result, ctx)
         log.info("chunk transcribed: %d words, %.1fs audio, %.1fs billed, %.2fs", len(result.words),
                  result.audio_seconds, result.billed_seconds, result.processing_seconds, extra=ctx)
+
+    def _fail_unreadable(self, data: bytes, why: str) -> None:
+        job_id = job_id_of(data)
+        if job_id is None:
+            return
+        reason = (f"a chunk task for this job could not be read ({why}); "
+                  "the router and the Deepgram worker may run different releases")
+        self._publisher.publish(names.TOPIC_ASR_RESULTS, JobFailed(job_id=job_id, reason=reason),
+                                {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id})
 
     def _transcribe(self, task: ChunkTask) -> DeepgramTranscript:
         if task.whole_file:
