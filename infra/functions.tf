@@ -9,6 +9,19 @@
 
 locals {
   router_zip = var.router_zip != "" ? var.router_zip : "${path.module}/../build/router.zip"
+  # Where Cloud Functions stages a gen2 function's source (it creates the bucket itself).
+  function_sources_bucket = "gcf-v2-sources-${data.google_project.this.number}-${var.region}"
+}
+
+# The router's built image and buildpacks cache. A repository of its own, so the build
+# account can push here without being able to touch the service images in `images`.
+resource "google_artifact_registry_repository" "functions" {
+  location      = var.region
+  repository_id = "${var.artifact_repository}-functions"
+  format        = "DOCKER"
+  description   = "parascribe router function images (Cloud Functions builds)"
+  labels        = var.labels
+  depends_on    = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_object" "router_source" {
@@ -24,9 +37,10 @@ resource "google_cloudfunctions2_function" "router" {
   labels   = var.labels
 
   build_config {
-    runtime         = "python311"
-    entry_point     = "handle_upload"
-    service_account = google_service_account.function_build.id
+    runtime           = "python311"
+    entry_point       = "handle_upload"
+    service_account   = google_service_account.function_build.id
+    docker_repository = google_artifact_registry_repository.functions.id
     source {
       storage_source {
         bucket = google_storage_bucket.build.name
@@ -59,7 +73,10 @@ resource "google_cloudfunctions2_function" "router" {
 
   depends_on = [
     google_project_service.apis,
-    google_project_iam_member.function_build,
+    google_project_iam_member.function_build_logs,
+    google_project_iam_member.function_build_reads_staged_source,
+    google_storage_bucket_iam_member.function_build_reads_source,
+    google_artifact_registry_repository_iam_member.function_build_pushes,
     google_secret_manager_secret_iam_member.service,
   ]
 }

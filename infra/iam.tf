@@ -26,11 +26,16 @@ locals {
     { service = "router", bucket = "uploads", role = "roles/storage.objectViewer" },
     { service = "router", bucket = "state", role = "roles/storage.objectUser" },
     { service = "asr_worker", bucket = "uploads", role = "roles/storage.objectViewer" },
-    { service = "asr_worker", bucket = "state", role = "roles/storage.objectUser" },
+    # The workers only read a job's status (to skip chunks of jobs that already failed); they never write state.
+    { service = "asr_worker", bucket = "state", role = "roles/storage.objectViewer" },
     { service = "asr_worker", bucket = "models", role = "roles/storage.objectViewer" },
     { service = "deepgram_worker", bucket = "uploads", role = "roles/storage.objectViewer" },
-    { service = "deepgram_worker", bucket = "state", role = "roles/storage.objectUser" },
+    { service = "deepgram_worker", bucket = "state", role = "roles/storage.objectViewer" },
     { service = "merger", bucket = "state", role = "roles/storage.objectUser" },
+    # Outputs are written once with ifGenerationMatch=0 and never read. objectCreator would do for the
+    # first write, but a repeated write (a redelivery after a crash) must fail with 412, which the merger
+    # takes as "already written"; an upload over an existing object needs storage.objects.delete, and
+    # without it GCS may answer 403 instead. infra/README.md explains.
     { service = "merger", bucket = "transcripts", role = "roles/storage.objectUser" },
   ]
 
@@ -42,8 +47,7 @@ locals {
     { service = "asr_worker", topic = "asr_results" },
     { service = "asr_worker", topic = "asr_deepgram" }, # chunks the GPU engine cannot take fall back
     { service = "deepgram_worker", topic = "asr_results" },
-    # The dead-letter handler falls back once by re-publishing to the other path.
-    { service = "merger", topic = "asr_gpu" },
+    # The dead-letter handler falls back once: a GPU task goes to Deepgram (never the other way).
     { service = "merger", topic = "asr_deepgram" },
   ]
 
@@ -134,10 +138,40 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks_dead_letters
 }
 
 # --- Router function build ---------------------------------------------------
+# What a Cloud Functions gen2 build needs from a user-specified build account, each
+# on the one resource it is for: write build logs, read the source archive, push
+# the image (and buildpacks cache) to the functions repository.
 
-resource "google_project_iam_member" "function_build" {
-  for_each = toset(["roles/cloudbuild.builds.builder", "roles/logging.logWriter"])
-  project  = var.project_id
-  role     = each.value
-  member   = google_service_account.function_build.member
+resource "google_project_iam_member" "function_build_logs" {
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.function_build.member
+}
+
+resource "google_storage_bucket_iam_member" "function_build_reads_source" {
+  bucket = google_storage_bucket.build.name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.function_build.member
+}
+
+# Cloud Functions stages the source in its own bucket, gcf-v2-sources-<project number>-<region>,
+# which it creates on the first deploy, so the grant cannot name that bucket as a resource:
+# it is a project grant limited by an IAM condition to that bucket and its objects.
+resource "google_project_iam_member" "function_build_reads_staged_source" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = google_service_account.function_build.member
+  condition {
+    title       = "gcf-v2-sources bucket only"
+    description = "Cloud Functions' staged copy of the router's source"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${local.function_sources_bucket}\")"
+  }
+}
+
+resource "google_artifact_registry_repository_iam_member" "function_build_pushes" {
+  project    = google_artifact_registry_repository.functions.project
+  location   = google_artifact_registry_repository.functions.location
+  repository = google_artifact_registry_repository.functions.name
+  role       = "roles/artifactregistry.writer"
+  member     = google_service_account.function_build.member
 }

@@ -50,9 +50,12 @@ locals {
     })
     deepgram_worker = merge(local.env_common, {
       DEEPGRAM_MAX_CONCURRENCY = tostring(var.deepgram_worker_concurrency)
+      # /tmp is memory on Cloud Run: the source cache shares the instance's 1 GiB with the requests.
+      SOURCE_CACHE_MB = tostring(var.deepgram_source_cache_mb)
     })
     merger = merge(local.env_common, local.env_webhook, {
-      GUNICORN_CMD_ARGS = "--threads=${var.merger_concurrency}"
+      GUNICORN_CMD_ARGS   = "--threads=${var.merger_concurrency}"
+      SWEEP_GRACE_MINUTES = tostring(var.sweep_grace_minutes)
     })
   }
 
@@ -79,6 +82,7 @@ resource "google_project_service" "apis" {
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
     "iam.googleapis.com",
     "logging.googleapis.com",
     "monitoring.googleapis.com",

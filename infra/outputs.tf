@@ -24,8 +24,17 @@ output "asr_worker" {
 }
 
 output "service_accounts" {
-  description = "Service account e-mail by service, plus the push identity."
-  value       = merge({ for svc, sa in google_service_account.service : svc => sa.email }, { push = google_service_account.push.email })
+  description = "Service account e-mail by service, plus the push, sweeper and function build identities."
+  value = merge({ for svc, sa in google_service_account.service : svc => sa.email }, {
+    push           = google_service_account.push.email
+    scheduler      = google_service_account.scheduler.email
+    function_build = google_service_account.function_build.email
+  })
+}
+
+output "sweep_job" {
+  description = "Cloud Scheduler job that calls the merger's POST /sweep."
+  value       = google_cloud_scheduler_job.sweep.id
 }
 
 output "image_repository" {

@@ -230,6 +230,17 @@ variable "deepgram_worker_concurrency" {
   }
 }
 
+variable "deepgram_source_cache_mb" {
+  description = "SOURCE_CACHE_MB for the Deepgram worker. Its /tmp is memory, shared with the requests in its 1 GiB."
+  type        = number
+  default     = 256
+
+  validation {
+    condition     = var.deepgram_source_cache_mb >= 1 && var.deepgram_source_cache_mb <= 512
+    error_message = "deepgram_source_cache_mb must be between 1 and 512: the cache lives in the Deepgram worker's 1 GiB of memory."
+  }
+}
+
 variable "merger_max_instances" {
   description = "Most merger instances."
   type        = number
@@ -240,6 +251,23 @@ variable "merger_concurrency" {
   description = "Requests one merger instance handles at once (also its gunicorn threads)."
   type        = number
   default     = 8
+}
+
+variable "sweep_schedule" {
+  description = "Cloud Scheduler cron (UTC) on which the merger's POST /sweep ends jobs past their deadline plus SWEEP_GRACE_MINUTES."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
+variable "sweep_grace_minutes" {
+  description = "SWEEP_GRACE_MINUTES: how long past its deadline a job may run before the sweeper fails it."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.sweep_grace_minutes > 0
+    error_message = "sweep_grace_minutes must be positive."
+  }
 }
 
 variable "retry_minimum_backoff" {

@@ -45,7 +45,10 @@ class Subscription:
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(SUB_ROUTER, TOPIC_AUDIO_UPLOADED, "/", "router"),
     Subscription(SUB_ASR_GPU, TOPIC_ASR_GPU, None, "asr_worker", ack_deadline_s=600),
-    Subscription(SUB_ASR_DEEPGRAM, TOPIC_ASR_DEEPGRAM, "/pubsub", "deepgram_worker", ack_deadline_s=600),
+    # Deepgram auth errors are nacked until someone fixes the key: 100 attempts at up to 600 s apart keep a
+    # chunk about 16 hours before it is dead-lettered; the sweeper ends its job at the deadline plus grace.
+    Subscription(SUB_ASR_DEEPGRAM, TOPIC_ASR_DEEPGRAM, "/pubsub", "deepgram_worker", ack_deadline_s=600,
+                 max_delivery_attempts=100),
     Subscription(SUB_MERGER, TOPIC_ASR_RESULTS, "/pubsub", "merger"),
     # The dead-letter topic itself has no dead-letter policy: its handler always acks.
     Subscription(SUB_DEAD_LETTER, TOPIC_DEAD_LETTER, "/dead-letter", "merger", dead_letter=False,

@@ -203,6 +203,132 @@ def test_router_function(hcl: dict[str, Any]) -> None:
     assert "event_trigger" not in fn, "the router is triggered by the router-push subscription"
 
 
+# --- least privilege ----------------------------------------------------------------
+
+
+def _granted_to(hcl: dict[str, Any], member: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every IAM resource whose member is ``member`` (a Terraform reference)."""
+    return {key: body for key, body in hcl["resource"].items()
+            if key[0].endswith("_iam_member") and body.get("member") == f"${{{member}}}"}
+
+
+def _env_entries(hcl: dict[str, Any], service: str) -> dict[str, str]:
+    """The literal ``NAME = value`` pairs of one service's environment in ``local.env``."""
+    return dict(re.findall(r"([A-Z][A-Z0-9_]+) = ([^,}]+)", hcl["locals"]["env"][service]))
+
+
+def test_bucket_grants_are_least_privilege(hcl: dict[str, Any]) -> None:
+    grants = {(g["service"], g["bucket"]): g["role"] for g in hcl["locals"]["bucket_grants"]}
+    assert len(grants) == len(hcl["locals"]["bucket_grants"]), "one role per service and bucket"
+    viewer, user = "roles/storage.objectViewer", "roles/storage.objectUser"
+    assert grants == {
+        ("router", "uploads"): viewer,
+        ("router", "state"): user,              # manifest, published marker, failed status (CAS writes)
+        ("asr_worker", "uploads"): viewer,
+        ("asr_worker", "state"): viewer,        # reads a job's status to skip chunks of failed jobs
+        ("asr_worker", "models"): viewer,
+        ("deepgram_worker", "uploads"): viewer,
+        ("deepgram_worker", "state"): viewer,   # the same read; neither worker writes state
+        ("merger", "state"): user,
+        # Written once with ifGenerationMatch=0; a repeat must get 412, not 403 (needs storage.objects.delete).
+        ("merger", "transcripts"): user,
+    }
+    binding = hcl["resource"][("google_storage_bucket_iam_member", "service")]
+    assert binding["role"] == "${each.value.role}" and "local.bucket_grants" in binding["for_each"]
+
+
+def test_publish_grants_are_least_privilege(hcl: dict[str, Any]) -> None:
+    grants = {(g["service"], g["topic"]) for g in hcl["locals"]["publish_grants"]}
+    assert grants == {
+        ("router", "asr_gpu"), ("router", "asr_deepgram"), ("router", "asr_results"),
+        ("asr_worker", "asr_results"), ("asr_worker", "asr_deepgram"),
+        ("deepgram_worker", "asr_results"),
+        ("merger", "asr_deepgram"),  # the dead-letter handler only sends GPU tasks to Deepgram
+    }
+    merger_code = "\n".join(p.read_text() for p in (ROOT / "shared" / "parascribe" / "merger").glob("*.py"))
+    assert "publish(names.TOPIC_ASR_DEEPGRAM" in merger_code
+    assert not re.search(r"publish\(\s*names\.TOPIC_ASR_GPU", merger_code), "the merger publishes to asr-gpu: grant it"
+
+
+def test_function_build_account_has_only_what_a_gen2_build_needs(hcl: dict[str, Any]) -> None:
+    res = hcl["resource"]
+    grants = _granted_to(hcl, "google_service_account.function_build.member")
+    assert {(key, body["role"]) for key, body in grants.items()} == {
+        (("google_project_iam_member", "function_build_logs"), "roles/logging.logWriter"),
+        (("google_storage_bucket_iam_member", "function_build_reads_source"), "roles/storage.objectViewer"),
+        (("google_project_iam_member", "function_build_reads_staged_source"), "roles/storage.objectViewer"),
+        (("google_artifact_registry_repository_iam_member", "function_build_pushes"),
+         "roles/artifactregistry.writer"),
+    }
+    assert "for_each" not in json.dumps(list(grants.values())) and "cloudbuild.builds.builder" not in _tf_text()
+    # Project-wide only for logs; the source bucket and the repository by name; the GCF staging bucket by condition.
+    assert "condition" not in grants[("google_project_iam_member", "function_build_logs")]
+    assert grants[("google_storage_bucket_iam_member", "function_build_reads_source")]["bucket"] == (
+        "${google_storage_bucket.build.name}")
+    staged = grants[("google_project_iam_member", "function_build_reads_staged_source")]["condition"][0]
+    assert staged["expression"] == 'resource.name.startsWith("projects/_/buckets/${local.function_sources_bucket}")'
+    assert hcl["locals"]["function_sources_bucket"] == (
+        "gcf-v2-sources-${data.google_project.this.number}-${var.region}")
+    repo_grant = grants[("google_artifact_registry_repository_iam_member", "function_build_pushes")]
+    assert repo_grant["repository"] == "${google_artifact_registry_repository.functions.name}"
+    build = res[("google_cloudfunctions2_function", "router")]["build_config"][0]
+    assert build["service_account"] == "${google_service_account.function_build.id}"
+    assert build["docker_repository"] == "${google_artifact_registry_repository.functions.id}"
+    repo = res[("google_artifact_registry_repository", "functions")]
+    assert repo["repository_id"] != res[("google_artifact_registry_repository", "images")]["repository_id"]
+    depends = res[("google_cloudfunctions2_function", "router")]["depends_on"]
+    assert {f"${{{t}.{n}}}" for t, n in grants} <= set(depends), "the build must wait for its grants"
+
+
+def test_sweeper_schedule_calls_the_merger_with_its_own_identity(hcl: dict[str, Any]) -> None:
+    res = hcl["resource"]
+    account = res[("google_service_account", "scheduler")]
+    assert account["account_id"] == "parascribe-scheduler"
+    grants = _granted_to(hcl, "google_service_account.scheduler.member")
+    assert list(grants) == [("google_cloud_run_v2_service_iam_member", "scheduler_invokes_merger")]
+    invoker = grants[("google_cloud_run_v2_service_iam_member", "scheduler_invokes_merger")]
+    assert invoker["role"] == "roles/run.invoker" and invoker["name"] == "${google_cloud_run_v2_service.merger.name}"
+    assert "google_service_account.scheduler" not in json.dumps(
+        {str(k): v for k, v in res.items() if k[0].startswith("google_project_iam")})
+
+    job = res[("google_cloud_scheduler_job", "sweep")]
+    assert job["schedule"] == "${var.sweep_schedule}" and hcl["variable"]["sweep_schedule"]["default"] == "*/5 * * * *"
+    assert job["region"] == "${var.region}"
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == "${google_cloud_run_v2_service.merger.uri}/sweep"
+    oidc = target["oidc_token"][0]
+    assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
+    assert oidc["audience"] == "${google_cloud_run_v2_service.merger.uri}"
+    assert job["attempt_deadline"] == "${local.ack_deadline_s.merger}s", "no longer than the merger's request timeout"
+    assert "${google_cloud_run_v2_service_iam_member.scheduler_invokes_merger}" in job["depends_on"]
+
+    apis = res[("google_project_service", "apis")]["for_each"]
+    assert "cloudscheduler.googleapis.com" in apis
+    assert _env_entries(hcl, "merger")["SWEEP_GRACE_MINUTES"] == "tostring(var.sweep_grace_minutes)"
+    assert hcl["variable"]["sweep_grace_minutes"]["default"] == 30
+
+
+def test_deepgram_worker_source_cache_fits_its_memory(hcl: dict[str, Any]) -> None:
+    env = _env_entries(hcl, "deepgram_worker")
+    assert env["SOURCE_CACHE_MB"] == "tostring(var.deepgram_source_cache_mb)"
+    cache_mb = hcl["variable"]["deepgram_source_cache_mb"]["default"]
+    limits = hcl["resource"][("google_cloud_run_v2_service", "deepgram_worker")]["template"][0]["containers"][0][
+        "resources"][0]["limits"]
+    memory_mb = {"1Gi": 1024, "2Gi": 2048}[limits["memory"]]
+    # /tmp is memory on Cloud Run: the cache must leave room for the requests in flight.
+    assert cache_mb == 256 and cache_mb <= memory_mb // 4
+    validation = hcl["variable"]["deepgram_source_cache_mb"]["validation"][0]["condition"]
+    assert "<= 512" in validation, "the largest allowed cache is half of the worker's memory"
+
+
+def test_every_granted_role_is_explained_in_the_infra_readme() -> None:
+    readme = (INFRA / "README.md").read_text()
+    roles = set(re.findall(r'"roles/([\w.]+)"', _tf_text()))
+    assert {"storage.objectViewer", "run.invoker", "artifactregistry.writer"} <= roles
+    assert not {r for r in roles if f"`{r}`" not in readme}, "infra/README.md must explain every role granted"
+
+
 # --- Terraform CLI: format and evaluated locals --------------------------------------
 
 
@@ -293,6 +419,19 @@ def test_variable_validation_rejects_bad_input(tf_eval: Callable[..., dict[str, 
         tf_eval(bucket_prefix="Not_Valid")
     with pytest.raises(AssertionError, match="100 concurrent"):
         tf_eval(deepgram_concurrency_limit=150)
+    with pytest.raises(AssertionError, match="1 GiB of memory"):
+        tf_eval(deepgram_source_cache_mb=1024)
+    with pytest.raises(AssertionError, match="sweep_grace_minutes must be positive"):
+        tf_eval(sweep_grace_minutes=0)
+
+
+def test_evaluated_cache_and_sweep_settings(tf_eval: Callable[..., dict[str, Any]]) -> None:
+    out = tf_eval()
+    deepgram = load_settings(**{k.lower(): v for k, v in out["env"]["deepgram_worker"].items()})
+    assert out["env"]["deepgram_worker"]["SOURCE_CACHE_MB"] == "256" and deepgram.source_cache_mb == 256
+    merger = {k.lower(): v for k, v in out["env"]["merger"].items() if k not in PLATFORM_ENV}
+    assert load_settings(**merger).sweep_grace_minutes == 30
+    assert tf_eval(sweep_grace_minutes=45)["env"]["merger"]["SWEEP_GRACE_MINUTES"] == "45"
 
 
 # --- dashboard and alerts -------------------------------------------------------------
@@ -433,3 +572,10 @@ def test_cloudbuild_builds_what_terraform_deploys(hcl: dict[str, Any]) -> None:
     assert "package_router.py" in " ".join(steps["package-router"]["args"])
     deploy = steps["deploy"]["args"][-1]
     assert "-var-file=../build/images.tfvars.json" in deploy and "router_zip=../build/router.zip" in deploy
+
+
+def test_deepgram_auth_errors_are_retried_for_hours_not_dead_lettered_after_five() -> None:
+    from parascribe import names
+
+    [sub] = [s for s in names.SUBSCRIPTIONS if s.name == names.SUB_ASR_DEEPGRAM]
+    assert sub.dead_letter and sub.max_delivery_attempts == 100

@@ -46,10 +46,14 @@ http.route({
     } catch {
       return text(400, "body is not JSON");
     }
-    if (payload.job_id !== request.headers.get("webhook-id")) return text(400, "job_id does not match webhook-id");
+    const webhookId = request.headers.get("webhook-id") ?? ""; // present: verifyWebhook checked it
+    if (payload.job_id !== webhookId) return text(400, "job_id does not match webhook-id");
     if (payload.status !== "done" && payload.status !== "failed") return text(400, "status is not done or failed");
 
-    await ctx.runMutation(internal.jobs.upsertFromWebhook, {
+    // Delivery is at least once: the mutation applies each webhook-id once and ignores repeats.
+    // Both answer 204, so parascribe records the delivery and stops retrying.
+    await ctx.runMutation(internal.jobs.applyWebhook, {
+      webhookId,
       jobId: payload.job_id,
       status: payload.status,
       reason: payload.reason ?? null,

@@ -21,6 +21,6 @@ export const jobFields = {
   ),
   createdAt: v.string(),
   finishedAt: v.union(v.string(), v.null()),
-  /** webhook-timestamp of the newest delivery applied; older ones are ignored. */
+  /** webhook-timestamp of the delivery applied (the first one to arrive; repeats are ignored). */
   webhookTimestamp: v.number(),
 };
