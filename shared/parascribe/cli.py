@@ -9,7 +9,9 @@ The forms below are a public interface; keep them stable:
     parascribe deepgram-server          parascribe names --json
 
 When a local stack runs (``$PARASCRIBE_HOME/stack.json``), commands talk to its
-emulators; otherwise they use the environment as is (e.g. real GCP).
+emulators. Without one they stop and say how to start one, unless
+``PARASCRIBE_TARGET=gcp`` asks for the GCP project in the environment: they never
+fall back to Google credentials by themselves.
 """
 
 from __future__ import annotations
@@ -17,31 +19,71 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from google.auth.exceptions import DefaultCredentialsError
 
 from parascribe import names
 from parascribe.errors import ConfigError
 
+if TYPE_CHECKING:
+    from parascribe.config import Settings
+    from parascribe.gcp.storage import GcsStore
+    from parascribe.jobs import JobStore
+
 log = logging.getLogger("parascribe.cli")
 
 
+TARGET_ENV = "PARASCRIBE_TARGET"
+
+
 def _stack_env() -> None:
-    from parascribe.local.stack import running_state
+    """Point this process at the local stack, or fail saying what is wrong and what to do.
 
-    state = running_state()
-    if state is not None:
-        state.export_env()
+    Raises:
+        StackError: no stack and no ``PARASCRIBE_TARGET=gcp``; the stack stopped; an emulator is down.
+    """
+    from parascribe.local.stack import StackError, StackState, home_dir, problems, process_alive
+
+    home = home_dir()
+    try:
+        state = StackState.load(home)
+    except StackError:
+        if os.environ.get(TARGET_ENV, "").lower() == "gcp":
+            return
+        raise StackError(
+            f"no local stack is running in {home}. Start one with `parascribe up --detach` (or `make up`), "
+            f"or set {TARGET_ENV}=gcp with GCP_PROJECT and application-default credentials "
+            "(`gcloud auth application-default login`) to use a GCP project"
+        ) from None
+    if not (state.supervisor_pid and process_alive(state.supervisor_pid)):
+        raise StackError(f"the local stack in {home} is not running (its supervisor exited; see "
+                         f"{home}/logs/supervisor.log). Run `parascribe down`, then `parascribe up --detach`")
+    if not state.ready:
+        raise StackError(f"the local stack in {home} is still starting; try again in a moment")
+    fatal, warnings = problems(state)
+    if fatal:
+        raise StackError("; ".join(fatal))
+    for warning in warnings:
+        print(f"parascribe: warning: {warning}", file=sys.stderr)
+    state.export_env()
 
 
-def _clients():  # type: ignore[no-untyped-def]
+def _clients() -> tuple[Settings, GcsStore, JobStore]:
     from parascribe.config import load_settings
     from parascribe.gcp.storage import GcsStore
     from parascribe.jobs import JobStore
 
     _stack_env()
     settings = load_settings()
-    store = GcsStore.create(settings.gcp_project)
+    try:
+        store = GcsStore.create(settings.gcp_project, settings.storage_emulator_host)
+    except DefaultCredentialsError as err:
+        raise ConfigError(f"no Google credentials for project {settings.gcp_project!r} ({err}); run "
+                          "`gcloud auth application-default login`, or start a local stack") from None
     return settings, store, JobStore(store, settings.state_bucket)
 
 
@@ -143,10 +185,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([json.loads(s.model_dump_json()) for s in recent]))
         return 0
+    _print_stack()
     print(f"{'JOB':<22} {'STATE':<20} {'CREATED':<20} SOURCE")
     for s in recent:
         print(f"{s.job_id:<22} {s.progress:<20} {s.created_at:%Y-%m-%d %H:%M:%S}  {s.source.uri if s.source else '-'}")
     return 0
+
+
+def _print_stack() -> None:
+    """The local stack's processes: state, pid, restarts and log (nothing when GCP is the target)."""
+    from parascribe.local.stack import StackError, StackState, process_alive
+
+    try:
+        state = StackState.load()
+    except StackError:
+        return
+    print(f"{'SERVICE':<17} {'STATE':<11} {'PID':>7} {'RESTARTS':>8}  LOG")
+    for name, part in sorted(state.parts.items()):
+        shown = part.state if part.state != "running" or process_alive(part.pid) else "exited"
+        print(f"{name:<17} {shown:<11} {part.pid:>7} {part.restarts:>8}  {part.log}")
+    print()
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -93,6 +94,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         yield s
     finally:
+        with contextlib.suppress(FileNotFoundError):  # restarted services have new pids: check those too
+            pids |= json.loads((home / "stack.json").read_text())["pids"]
         down = s.cli("down", timeout=120)
         assert down.returncode == 0, down.stderr
         assert stack_mod.running_state(home) is None

@@ -1,11 +1,13 @@
-"""The whole pipeline as local processes, wired to the emulators.
+"""The whole pipeline as local processes, wired to the emulators: the CLI's side of the local stack.
 
-``parascribe up`` starts, in order: the Pub/Sub emulator and fake-gcs-server;
-the local Deepgram-compatible server (when no ``DEEPGRAM_API_KEY`` is set); a
-local webhook receiver standing in for Convex (when no ``CONVEX_WEBHOOK_URL`` is
-set); then the four services. The router is served by functions-framework behind
-a push subscription, the Deepgram worker and the merger are push endpoints, and
-the ASR worker is a streaming-pull subscriber, exactly as in GCP.
+``parascribe up`` starts a supervisor in the background
+(:mod:`parascribe.local.supervisor`), which starts, in order: the Pub/Sub emulator
+and fake-gcs-server; the local Deepgram-compatible server (when no
+``DEEPGRAM_API_KEY`` is set); a local webhook receiver standing in for Convex (when
+no ``CONVEX_WEBHOOK_URL`` is set); then the four services. The router is served by
+functions-framework behind a push subscription, the Deepgram worker and the merger
+are push endpoints, and the ASR worker is a streaming-pull subscriber, exactly as in
+GCP. The supervisor restarts a service that exits, as Cloud Run would.
 
 What is running is recorded in ``$PARASCRIBE_HOME/stack.json`` (default
 ``./.parascribe``), so ``down``, ``submit`` and ``status`` find it, and a second
@@ -17,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from parascribe.local.emulators import LOOPBACK, Emulators, _spawn, free_port, provision, stop_group, wait_http
+from parascribe.local.emulators import LOOPBACK, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,18 @@ def repo_root() -> Path:
 
 
 @dataclass
+class PartState:
+    """One process of the stack, as the supervisor last saw it."""
+
+    pid: int = 0
+    state: str = "starting"
+    """``running``, ``restarting`` (exited; the supervisor starts it again soon) or ``down`` (an emulator)."""
+    restarts: int = 0
+    last_exit: int | None = None
+    log: str = ""
+
+
+@dataclass
 class StackState:
     """Everything a CLI command needs to talk to a running stack."""
 
@@ -64,6 +78,11 @@ class StackState:
     env: dict[str, str] = field(default_factory=dict)
     """Variables the services were started with (emulators, local Deepgram, webhook)."""
     webhook_secret: str | None = None
+    supervisor_pid: int | None = None
+    ready: bool = False
+    """True once every part answered; the supervisor sets it."""
+    parts: dict[str, PartState] = field(default_factory=dict)
+    """Each part's pid, state and restarts, kept current by the supervisor."""
 
     def client_env(self) -> dict[str, str]:
         return {
@@ -89,14 +108,16 @@ class StackState:
         path = (home or home_dir()) / STATE_FILE
         if not path.is_file():
             raise StackError(f"no local stack is running (no {path}); start one with `parascribe up --detach`")
-        return cls(**json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        raw["parts"] = {name: PartState(**part) for name, part in (raw.get("parts") or {}).items()}
+        return cls(**raw)
 
     def export_env(self) -> None:
         """Point this process's Google clients at the stack's emulators."""
         os.environ.update(self.client_env())
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.killpg(pid, 0)
     except (ProcessLookupError, PermissionError):
@@ -105,122 +126,48 @@ def _alive(pid: int) -> bool:
 
 
 def running_state(home: Path | None = None) -> StackState | None:
-    """The state of a stack whose processes are all alive, else None."""
+    """The state of a stack whose supervisor is alive and which finished starting, else None."""
     try:
         state = StackState.load(home)
     except StackError:
         return None
-    return state if state.pids and all(_alive(p) for p in state.pids.values()) else None
-
-
-def _python() -> str:
-    return sys.executable
-
-
-def _service_cmd(root: Path, service: str, port: int) -> list[str]:
-    if service == "router":
-        ff = Path(sys.executable).with_name("functions-framework")
-        return [
-            str(ff) if ff.exists() else "functions-framework",
-            "--source", str(root / "services/router/main.py"), "--target", "handle_upload",
-            "--signature-type", "cloudevent", "--host", LOOPBACK, "--port", str(port),
-        ]
-    return [_python(), str(root / "services" / service / "main.py")]
-
-
-def _health_url(service: str, port: int) -> str:
-    # functions-framework answers GET / with 4xx for a CloudEvent function: alive is enough.
-    return f"http://{LOOPBACK}:{port}/" if service == "router" else f"http://{LOOPBACK}:{port}/healthz"
+    return state if state.ready and state.supervisor_pid and process_alive(state.supervisor_pid) else None
 
 
 def up(home: Path | None = None, timeout_s: float = 240.0) -> StackState:
-    """Start the whole stack and return once every part answers.
+    """Start the supervisor in the background and return once every part answers.
 
     Raises:
         StackError: a stack already runs in this home, or a part failed to start
-            (its log under ``$PARASCRIBE_HOME/logs`` says why).
+            (``$PARASCRIBE_HOME/logs/supervisor.log`` and the part's own log say why).
     """
     home = (home or home_dir()).resolve()
     if running_state(home) is not None:
         raise StackError(f"a local stack is already running in {home}; `parascribe down` first")
     down(home, quiet=True)
-    root = repo_root()
     logs = home / "logs"
-    emu = Emulators(workdir=home)
-    emu.start()
-    emu.export_env()
-    state = StackState(
-        home=str(home), project=emu.project, pubsub_host=emu.pubsub_host, storage_host=emu.storage_host,
-        pids=dict(emu.pids),
-    )
-    state.save()
-    try:
-        _start_parts(state, emu, root, logs, timeout_s)
-    except BaseException:
-        down(home, quiet=True)
-        raise
-    return state
-
-
-def _start_parts(state: StackState, emu: Emulators, root: Path, logs: Path, timeout_s: float) -> None:
-    env = {**os.environ, **emu.env(), "PYTHONUNBUFFERED": "1", "PARASCRIBE_REPO": str(root), "HOST": LOOPBACK}
-    env.setdefault("METRICS_EXPORTER", "local")
-    # The local Deepgram server transcribes one request at a time on 2 cores; more in flight only time out.
-    env.setdefault("DEEPGRAM_MAX_CONCURRENCY", "2")
-    env.setdefault("METRICS_LOCAL_PATH", str(Path(state.home) / "metrics.jsonl"))
-    env.setdefault("METRICS_FLUSH_SECONDS", "10")
-    # Cloud Scheduler calls the merger's /sweep in GCP; locally the merger sweeps on its own timer.
-    env.setdefault("SWEEP_INTERVAL_SECONDS", "30")
-    state.env["METRICS_LOCAL_PATH"] = env["METRICS_LOCAL_PATH"]
-
-    if not env.get("DEEPGRAM_API_KEY"):
-        port = state.ports["deepgram_server"] = free_port()
-        key = secrets.token_hex(16)
-        proc = _spawn(
-            [_python(), "-m", "parascribe.cli", "deepgram-server", "--host", LOOPBACK, "--port", str(port),
-             "--api-key", key],
-            logs / "deepgram-server.log", env,
+    logs.mkdir(parents=True, exist_ok=True)
+    supervisor_log = logs / "supervisor.log"
+    with supervisor_log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parascribe.local.supervisor", "--home", str(home), "--timeout", str(timeout_s)],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
         )
-        state.pids["deepgram_server"] = proc.pid
-        state.save()
-        wait_http(f"http://{LOOPBACK}:{port}/healthz", timeout_s, "local Deepgram server", proc)
-        env["DEEPGRAM_BASE_URL"] = f"http://{LOOPBACK}:{port}"
-        env["DEEPGRAM_API_KEY"] = key
-        state.env["DEEPGRAM_BASE_URL"] = env["DEEPGRAM_BASE_URL"]
-
-    if not env.get("CONVEX_WEBHOOK_URL"):
-        port = state.ports["webhook_receiver"] = free_port()
-        state.webhook_secret = secrets.token_urlsafe(32)
-        # Deliveries are checked against this stack's secret, so the log starts afresh with it.
-        (Path(state.home) / "webhooks.jsonl").unlink(missing_ok=True)
-        proc = _spawn(
-            [_python(), "-m", "parascribe.cli", "webhook-receiver", "--host", LOOPBACK, "--port", str(port),
-             "--log", str(Path(state.home) / "webhooks.jsonl")],
-            logs / "webhook-receiver.log", {**env, "CONVEX_WEBHOOK_SECRET": state.webhook_secret},
-        )
-        state.pids["webhook_receiver"] = proc.pid
-        state.save()
-        wait_http(f"http://{LOOPBACK}:{port}/healthz", timeout_s, "local webhook receiver", proc)
-        env["CONVEX_WEBHOOK_URL"] = f"http://{LOOPBACK}:{port}/parascribe/webhook"
-        env["CONVEX_WEBHOOK_SECRET"] = state.webhook_secret
-        state.env["CONVEX_WEBHOOK_URL"] = env["CONVEX_WEBHOOK_URL"]
-
-    for service in SERVICES:
-        state.ports[service] = free_port()
-    provision(
-        emu.settings(),
-        push_endpoints={s: state.url(s) for s in SERVICES if s != "asr_worker"},
-    )
-    procs = {}
-    for service in SERVICES:
-        port = state.ports[service]
-        proc = _spawn(_service_cmd(root, service, port), logs / f"{service}.log", {**env, "PORT": str(port)})
-        procs[service] = proc
-        state.pids[service] = proc.pid
-        state.save()
-    for service, proc in procs.items():
-        wait_http(_health_url(service, state.ports[service]), timeout_s, service, proc)
-    state.save()
+    deadline = time.monotonic() + timeout_s * 3
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"the local stack failed to start; the end of {supervisor_log}:\n"
+                             + supervisor_log.read_text(errors="replace")[-3000:])
+        try:
+            state = StackState.load(home)
+        except (StackError, ValueError):  # not written yet, or caught mid-write
+            state = None
+        if state is not None and state.ready and state.supervisor_pid == proc.pid:
+            return state
+        time.sleep(0.3)
+    down(home, quiet=True)
+    raise StackError(f"the local stack did not start within {timeout_s * 3:.0f} s; see {supervisor_log}")
 
 
 def down(home: Path | None = None, quiet: bool = False) -> bool:
@@ -232,22 +179,45 @@ def down(home: Path | None = None, quiet: bool = False) -> bool:
         if not quiet:
             log.info("no local stack in %s", home)
         return False
-    # Services first, so nothing publishes into emulators that are going away.
+    if state.supervisor_pid:
+        stop_group(state.supervisor_pid, timeout_s=60.0)  # it stops the services, then the emulators
+    # Whatever the supervisor could not stop (it was killed, say): services first, emulators last.
     order = [s for s in (*reversed(SERVICES), "deepgram_server", "webhook_receiver") if s in state.pids]
-    order += [s for s in state.pids if s not in order]
+    order += [s for s in state.pids if s not in order and s not in ("pubsub", "gcs")]
+    order += [s for s in ("pubsub", "gcs") if s in state.pids]
     for part in order:
         stop_group(state.pids[part])
     (home / STATE_FILE).unlink(missing_ok=True)
     return True
 
 
+def problems(state: StackState) -> tuple[list[str], list[str]]:
+    """What is wrong with a running stack, in words a person can act on.
+
+    Returns:
+        (fatal, warnings): fatal problems make CLI commands stop (an emulator is gone);
+        warnings name services the supervisor is restarting.
+    """
+    fatal: list[str] = []
+    warnings: list[str] = []
+    for name, part in sorted(state.parts.items()):
+        if name in ("pubsub", "gcs") and (part.state == "down" or not process_alive(part.pid)):
+            what = "Pub/Sub emulator" if name == "pubsub" else "fake-gcs-server"
+            fatal.append(f"the {what} of the local stack in {state.home} is down (log: {part.log}); its data is "
+                         "gone: run `parascribe down`, then `parascribe up --detach`")
+        elif part.state == "restarting" or (part.state == "running" and not process_alive(part.pid)):
+            warnings.append(f"{name} is restarting after exiting {part.restarts + 1} time(s) (log: {part.log}); "
+                            "the supervisor restarts it, or restart the stack with `parascribe down` and "
+                            "`parascribe up --detach`")
+    return fatal, warnings
+
+
 def wait_forever(state: StackState) -> None:
-    """Block until a part dies or the user interrupts; used by ``parascribe up`` in the foreground."""
-    while True:
-        dead = [p for p, pid in state.pids.items() if not _alive(pid)]
-        if dead:
-            raise StackError(f"{', '.join(dead)} stopped; see {state.home}/logs")
+    """Block until the supervisor stops or the user interrupts; used by ``parascribe up`` in the foreground."""
+    while state.supervisor_pid and process_alive(state.supervisor_pid):
         time.sleep(1.0)
+    raise StackError(f"the local stack stopped; see {state.home}/logs/supervisor.log")
 
 
-__all__ = ["StackError", "StackState", "down", "home_dir", "running_state", "up", "wait_forever"]
+__all__ = ["PartState", "StackError", "StackState", "down", "home_dir", "problems", "running_state", "up",
+           "wait_forever"]
