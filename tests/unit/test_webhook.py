@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from parascribe import metric_names as mn
-from parascribe.contracts import ChunkResult, JobStatus, SourceRef
-from parascribe.errors import ConfigError, PermanentError
+from parascribe.contracts import ChunkResult, JobStatus, SourceRef, utcnow
+from parascribe.errors import ConfigError, PermanentError, TransientError
 from parascribe.merger.webhook import (
     WebhookNotifier,
     WebhookOptions,
@@ -111,9 +111,10 @@ def test_secret_forms() -> None:
 def test_done_job_posts_a_signed_summary_once(receiver: Receiver) -> None:
     rig = webhook_rig(receiver.url)
     job = Job(rig.jobs, n_chunks=2)
+    before = utcnow()
     status = finish(rig, job)
     assert status.webhook.state == "delivered" and status.webhook.attempts == 1
-    assert status.webhook.delivered_at is not None
+    assert status.webhook.delivered_at is not None and before <= status.webhook.delivered_at <= utcnow()
     ((headers, body),) = receiver.requests
     verify(SECRET, headers, body)
     assert headers["webhook-id"] == job.job_id and headers["content-type"] == "application/json"
@@ -230,16 +231,23 @@ def test_two_mergers_racing_deliver_once(receiver: Receiver) -> None:
     job = Job(rigs[0].jobs, n_chunks=2)
     rigs[0].push(job.results[0])
     barrier = threading.Barrier(2)
+    errors: list[Exception] = []
 
     def run(rig: Rig, result: ChunkResult) -> None:
         barrier.wait()
-        rig.push(result)
+        try:
+            rig.push(result)
+        except Exception as err:
+            errors.append(err)
 
     threads = [threading.Thread(target=run, args=(rig, job.results[1])) for rig in rigs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    # A loser that finds the claim still in progress is nacked for a retry; one that comes later just acks.
+    assert len(errors) <= 1
+    assert all(isinstance(e, TransientError) and "is not finished yet; retry" in e.reason for e in errors), errors
     assert len(receiver.requests) == 1
     assert rigs[0].status(job.job_id).webhook.state == "delivered"
 
@@ -314,3 +322,40 @@ def test_the_convex_example_verifies_what_we_sign(tmp_path: Path) -> None:
     verdicts = json.loads(run.stdout)
     assert [v["ok"] for v in verdicts] == [True, True, True, True, False, False, False, False, False]
     assert [v.get("status") for v in verdicts[4:]] == [401, 401, 401, 401, 400]
+
+
+class TricklingHandler(BaseHTTPRequestHandler):
+    """Answers 200 with a body sent one byte every 0.3 s: never idle long enough for a per-read timeout."""
+
+    def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-length", "40")
+        self.end_headers()
+        for _ in range(40):
+            try:
+                self.wfile.write(b"x")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.3)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_each_attempt_has_a_total_deadline_so_a_trickling_receiver_cannot_hold_the_merger() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TricklingHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rig = webhook_rig(f"http://127.0.0.1:{server.server_address[1]}/hook", attempts=2)
+        started = time.monotonic()
+        status = finish(rig, Job(rig.jobs, n_chunks=1))
+        elapsed = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert status.webhook.state == "webhook_failed" and status.webhook.attempts == 2
+    assert status.webhook.last_error == "no complete answer within 2 s (WEBHOOK_TIMEOUT_SECONDS)"
+    assert elapsed < 2 * 2 + 2, f"two attempts of at most 2 s each took {elapsed:.1f} s (a trickle lasts 12 s)"

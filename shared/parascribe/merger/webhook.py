@@ -16,8 +16,13 @@ Retries: up to ``WEBHOOK_MAX_ATTEMPTS`` tries on network errors, 408, 409, 425,
 a wait, each wait drawn from its upper half). Other 4xx answers stop at once:
 the receiver rejected the request and a retry would not change its mind. The
 whole delivery stops starting new attempts once :data:`RETRY_BUDGET_S` (30 s) has
-passed, so a push handler is held for at most the budget plus one request
-timeout (``WEBHOOK_TIMEOUT_SECONDS``), well inside the merger's 60-s ack deadline.
+passed, and each attempt has a total deadline of ``WEBHOOK_TIMEOUT_SECONDS`` (not
+only per read: a receiver that trickles its answer a byte at a time is cut off), so
+a push handler is held for at most the budget plus one attempt, well inside the
+merger's 60-s ack deadline.
+
+Delivery is at least once: a merger that dies after sending and before recording
+the delivery sends it again, with the same ``webhook-id``.
 The job status records the state, the attempts and the last error; after the
 last failed try the state is ``webhook_failed`` and ``webhook_failures`` counts
 it. ``parascribe webhook redeliver JOB_ID`` (:func:`redeliver`) sends it again.
@@ -37,6 +42,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +209,8 @@ class WebhookNotifier:
         self._jobs = jobs
         self._exporter = exporter
         self._client = client or httpx.Client(timeout=self._timeout, follow_redirects=False)
+        # Attempts run here so each has a total deadline; a receiver stuck past it holds a thread, not the merger.
+        self._senders = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook")
         self._sleep = sleep
         self._rng = rng
         self._clock = clock
@@ -257,8 +266,13 @@ class WebhookNotifier:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(self._key, job_id, timestamp, body),
         }
+        attempt = self._senders.submit(self._client.post, self._url, content=body, headers=headers,
+                                       timeout=self._timeout)
         try:
-            response = self._client.post(self._url, content=body, headers=headers, timeout=self._timeout)
+            response = attempt.result(timeout=self._timeout)
+        except FuturesTimeout:
+            attempt.cancel()
+            return False, True, f"no complete answer within {self._timeout:g} s (WEBHOOK_TIMEOUT_SECONDS)"
         except httpx.HTTPError as err:
             return False, True, f"{type(err).__name__}: {err}"[:500]
         code = response.status_code
@@ -278,6 +292,7 @@ class WebhookNotifier:
         return state
 
     def close(self) -> None:
+        self._senders.shutdown(wait=False, cancel_futures=True)
         self._client.close()
 
 
