@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-_EXTRA_KEYS = ("job_id", "chunk_index", "engine", "path", "topic", "attempt")
+_EXTRA_KEYS = ("job_id", "chunk_index", "engine", "path", "topic", "attempt", "elapsed_ms")
 
 
 class JsonFormatter(logging.Formatter):

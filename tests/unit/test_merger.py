@@ -455,3 +455,11 @@ def test_dead_letter_is_retried_when_storage_is_down() -> None:
     # Nothing recorded, published or counted; Pub/Sub redelivers the dead letter.
     assert rig.store.list(rig.jobs.bucket, f"jobs/{job_source.job_id}") == []
     assert rig.publisher.messages == [] and rig.exporter.records == []
+
+
+def test_a_failure_for_a_job_that_never_existed_creates_nothing() -> None:
+    rig = Rig()
+    stranger = "j" + "7" * 20
+    rig.push(JobFailed(job_id=stranger, reason="a chunk task for this job could not be read"))
+    assert rig.jobs.status(stranger) is None and rig.jobs.final_outcome(stranger) is None
+    assert rig.exporter.records == []

@@ -20,6 +20,7 @@ half-finished. A result already stored wins over a later duplicate of it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -113,10 +114,15 @@ class Merger:
         except MalformedMessageError as err:
             self.fail_unreadable(message.data, err.reason)
             raise
+        started = time.perf_counter()
         if kind == TYPE_CHUNK_RESULT:
+            job_id = result.job_id
             self.on_chunk_result(result)
         else:
+            job_id = failed.job_id
             self.on_job_failed(failed)
+        log.info("result handled", extra={"job_id": job_id,
+                                          "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
 
     def fail_unreadable(self, data: bytes, why: str) -> None:
         """Fail the job a malformed message belongs to, when its job id can be read and the job exists."""
@@ -156,6 +162,12 @@ class Merger:
             self.finalise_done(manifest)
 
     def on_job_failed(self, failed: JobFailed) -> None:
+        """Fail a job. A failure without a source, for a job with no plan and no status, names no job we ran
+        (a garbage task with a plausible id, say) and is ignored."""
+        if failed.source is None and self._jobs.manifest(failed.job_id) is None and \
+                self._jobs.status(failed.job_id) is None:
+            log.warning("failure reported for unknown job %s ignored: %s", failed.job_id, failed.reason)
+            return
         self.finalise_failed(failed.job_id, failed.reason, source=failed.source)
 
     def record_progress(self, manifest: JobManifest, done: int) -> None:

@@ -10,6 +10,7 @@ error propagates, so the message is nacked and retried.
 from __future__ import annotations
 
 import logging
+import time
 
 from cloudevents.http import CloudEvent
 
@@ -61,10 +62,14 @@ class Router:
         :class:`PermanentError` never escapes. A transient or unexpected error
         propagates, which becomes HTTP 500, so the event is retried.
         """
+        started = time.perf_counter()
+        upload: UploadEvent | None = None
         try:
             upload = parse_event(event)
             if upload is not None:
                 self.handle(upload)
+                log.info("upload handled", extra={"job_id": upload.source.job_id,
+                                                  "elapsed_ms": round((time.perf_counter() - started) * 1000, 2)})
         except Exception as err:
             if is_transient(err):
                 raise
