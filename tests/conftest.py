@@ -40,7 +40,8 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulators]:
 
 @pytest.fixture(scope="session")
 def store(emulators: Emulators) -> GcsStore:
-    return GcsStore.create(emulators.project)
+    """The real adapter on fake-gcs-server, built as the services build it (so it signs URLs for the emulator)."""
+    return GcsStore.create(emulators.project, emulators.storage_host)
 
 
 @pytest.fixture(scope="session")

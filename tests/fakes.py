@@ -6,13 +6,22 @@ import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from parascribe.contracts import Contract
+from parascribe.errors import BadAudioError
 from parascribe.gcp.storage import Blob, ObjectInfo
 
 
 class MemoryStore:
-    """A :class:`parascribe.gcp.storage.BlobStore` in memory, with GCS generation preconditions."""
+    """A :class:`parascribe.gcp.storage.BlobStore` in memory, with GCS generation preconditions.
+
+    It behaves as :class:`parascribe.gcp.storage.GcsStore` does on an unversioned
+    bucket, which ``tests/integration/test_blob_store_contract.py`` checks against
+    fake-gcs-server: only the live generation of an object can be read, and a
+    missing object (or a generation pin that no longer matches) is a
+    :class:`parascribe.errors.BadAudioError` for ranged reads and downloads.
+    """
 
     def __init__(self) -> None:
         self._objects: dict[tuple[str, str], tuple[bytes, int, str, dict[str, str]]] = {}
@@ -23,17 +32,24 @@ class MemoryStore:
         obj = self._objects.get((bucket, name))
         return Blob(obj[0], obj[1]) if obj else None
 
-    def read_range(self, bucket: str, name: str, start: int, end: int, generation: str | None = None) -> bytes:
+    def _live(self, bucket: str, name: str, generation: str | int | None) -> bytes:
+        """The object's bytes, as long as it exists (at ``generation``, when pinned)."""
         obj = self._objects.get((bucket, name))
-        if obj is None:
-            raise FileNotFoundError(f"gs://{bucket}/{name}")
-        return obj[0][start:end]
+        pin = int(generation) if generation not in (None, "") else None
+        if obj is None or (pin is not None and obj[1] != pin):
+            raise BadAudioError(f"gs://{bucket}/{name} no longer exists (deleted or overwritten)")
+        return obj[0]
+
+    def read_range(self, bucket: str, name: str, start: int, end: int, generation: str | None = None) -> bytes:
+        if end <= start:
+            return b""
+        return self._live(bucket, name, generation)[start:end]
 
     def info(self, bucket: str, name: str) -> ObjectInfo | None:
         obj = self._objects.get((bucket, name))
         if obj is None:
             return None
-        return ObjectInfo(name=name, size=len(obj[0]), generation=obj[1], content_type=obj[2], metadata=obj[3])
+        return ObjectInfo(name=name, size=len(obj[0]), generation=obj[1], content_type=obj[2], metadata=dict(obj[3]))
 
     def write(
         self,
@@ -51,17 +67,26 @@ class MemoryStore:
                 if current_gen != if_generation_match:
                     return None
             self._gen += 1
-            self._objects[(bucket, name)] = (data, self._gen, content_type, dict(metadata or {}))
+            self._objects[(bucket, name)] = (bytes(data), self._gen, content_type, dict(metadata or {}))
             return self._gen
 
     def list(self, bucket: str, prefix: str) -> list[str]:
         return sorted(n for (b, n) in self._objects if b == bucket and n.startswith(prefix))
 
-    def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None:
-        dest.write_bytes(self.read_range(bucket, name, 0, 1 << 62, generation))
+    def delete(self, bucket: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop((bucket, name), None)
 
-    def signed_url(self, bucket: str, name: str, expires: timedelta) -> str:
-        return f"http://fake-gcs.invalid/{bucket}/{name}?X-Goog-Expires={int(expires.total_seconds())}"
+    def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None:
+        dest.write_bytes(self._live(bucket, name, generation))
+
+    def signed_url(self, bucket: str, name: str, expires: timedelta, generation: str | None = None) -> str:
+        """A URL shaped like a V4 signed URL (not fetchable: nothing serves ``fake-gcs.invalid``)."""
+        query = {"X-Goog-Algorithm": "GOOG4-RSA-SHA256", "X-Goog-Expires": str(int(expires.total_seconds()))}
+        if generation:
+            query["generation"] = str(int(generation))
+        query["X-Goog-Signature"] = "0" * 512
+        return f"http://fake-gcs.invalid/{bucket}/{quote(name)}?{urlencode(query)}"
 
 
 class RecordingPublisher:

@@ -164,8 +164,11 @@ def test_service_entry_point_serves_the_push_route(
     assert client.get("/healthz").status_code == 200
     source = upload(store, settings, "entry.wav", speech)
     assert push(client, task(source, duration_of(speech), whole_file=True)) == 204
-    [(result, _)] = pull_results(settings)
-    assert result.words
+    [(result, attrs)] = pull_results(settings)
+    assert attrs[ATTR_TYPE] == TYPE_CHUNK_RESULT
+    assert (result.job_id, result.engine, result.path, result.chunk_index, result.n_chunks) == (
+        "j-integration", "deepgram", "deepgram", 0, 1)
+    assert result.error is None and word_error_rate(SENTENCE, " ".join(w.text for w in result.words)) <= 0.35
 
 
 def test_behind_a_real_push_subscription(tmp_path: Path, settings: Settings, store: GcsStore, speech: bytes) -> None:

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from google.cloud import pubsub_v1
 
 from parascribe import names
 from parascribe.config import Settings, get_settings
-from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, make_job_id, parse
+from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, make_job_id, parse, utcnow
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import Emulators
@@ -148,6 +149,7 @@ def test_upload_notification_becomes_a_manifest_and_gpu_tasks(
     name, body = upload_and_get_notification(store, settings, taps, sine_wav(40.0), ".wav")
     job_id = job_id_of(settings, body)
 
+    before = utcnow()
     assert client.post("/", json=body).status_code == 200
 
     jobs = JobStore(store, settings.state_bucket)
@@ -166,7 +168,11 @@ def test_upload_notification_becomes_a_manifest_and_gpu_tasks(
     by_index = {t.chunk.index: t for t in tasks}
     assert (by_index[1].chunk.start_s, by_index[1].chunk.end_s) == (14.5, 30.5)
     assert all(t.n_chunks == 3 and t.path == "gpu" and not t.whole_file for t in tasks)
-    assert store.info(settings.state_bucket, published_marker(job_id)) is not None
+    marker = store.info(settings.state_bucket, published_marker(job_id))
+    assert marker is not None and (marker.content_type, marker.metadata) == ("text/plain", {})
+    marker_blob = store.read(settings.state_bucket, published_marker(job_id))
+    assert marker_blob is not None
+    assert before <= datetime.fromisoformat(marker_blob.data.decode()) <= utcnow()
 
     # The same notification again (Pub/Sub redelivery): acked, nothing published twice.
     assert client.post("/", json=body).status_code == 200

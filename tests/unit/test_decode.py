@@ -249,10 +249,13 @@ def test_cache_downloads_once_and_evicts_lru(tmp_path: Path) -> None:
 
 def test_cache_keys_on_generation(tmp_path: Path) -> None:
     store = CountingStore()
-    old = _source(store, "a.wav", b"old")
-    new = _source(store, "a.wav", b"new!")
     cache = SourceCache(store, tmp_path, max_bytes=1000)
-    assert cache.path(old) != cache.path(new)
+    old = _source(store, "a.wav", b"old")
+    old_path = cache.path(old)  # fetched while it is the live generation: GCS serves no other
+    new = _source(store, "a.wav", b"new!")
+    new_path = cache.path(new)
+    assert old_path != new_path
+    assert (old_path.read_bytes(), new_path.read_bytes()) == (b"old", b"new!")
     assert store.downloads == ["a.wav", "a.wav"]
 
 
@@ -284,7 +287,7 @@ def test_cache_failed_download_leaves_nothing(tmp_path: Path) -> None:
     store = MemoryStore()
     missing = SourceRef(bucket="uploads", name="gone.wav", generation="1", size=10)
     cache = SourceCache(store, tmp_path, max_bytes=1000)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(BadAudioError, match="gs://uploads/gone.wav no longer exists"):
         cache.path(missing)
     assert list(tmp_path.iterdir()) == [] and missing not in cache
 

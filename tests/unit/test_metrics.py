@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -96,14 +97,23 @@ def test_timer_flushes_without_being_asked() -> None:
         agg.close()
 
 
-def test_a_failing_writer_never_raises() -> None:
+def test_a_failing_writer_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    attempts: list[list[Point]] = []
+
     def boom(points: list[Point]) -> None:
+        attempts.append(points)
         raise RuntimeError("monitoring is down")
 
-    agg = Aggregator(boom)
+    agg = Aggregator(boom, clock=clock)
     agg.record(mn.JOBS, 1, {"status": "done"})
-    agg.flush()
-    agg.close()
+    with caplog.at_level(logging.ERROR, logger="parascribe.metrics"):
+        agg.flush()
+        agg.close()
+    assert attempts == [[Point(mn.JOBS, (("status", "done"),), 1.0, clock.t)]]  # dropped, not retried at close
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.ERROR, "dropping 1 metric points: the exporter failed")
+    ]
 
 
 def test_label_values_have_bounded_cardinality() -> None:
@@ -173,7 +183,9 @@ def test_cloud_exporter_survives_a_rejected_request(monitoring: MetricServiceSer
     exp._last.clear()
     exp.record(mn.JOBS, 1, {"status": "done"})
     exp.flush()
-    assert monitoring.fake.errors
+    assert monitoring.fake.errors == [f"point for {mn.JOBS} is not newer than the series' last point"]
+    assert len(monitoring.fake.requests) == 2
+    assert [(s.metric, s.value, s.end_time) for s in monitoring.fake.series] == [(mn.JOBS, 1.0, clock.t)]
 
 
 def test_local_exporter_appends_lines_and_summarises(tmp_path: Path) -> None:

@@ -209,22 +209,27 @@ def test_object_deleted_before_probe() -> None:
 # --- transient storage errors are retried, never turned into bad input ---
 
 @pytest.mark.parametrize(
-    ("name", "make"),
+    ("name", "make", "duration", "codec", "container"),
     [
-        ("a.m4a", lambda: pyav_bytes("mp4", "aac", 5.0, 16000, repeats=40)),  # moov at the end: a second read
-        ("a.opus", lambda: pyav_bytes("ogg", "libopus", 5.0, 48000, repeats=12)),  # soundfile reads the last page too
+        # moov at the end: a second read. Each of the 40 encoded repeats adds ~62 ms of AAC priming.
+        ("a.m4a", lambda: pyav_bytes("mp4", "aac", 5.0, 16000, repeats=40), 202.5, "aac", "mp4"),
+        # soundfile reads the last page too
+        ("a.opus", lambda: pyav_bytes("ogg", "libopus", 5.0, 48000, repeats=12), 60.07, "opus", "ogg"),
     ],
 )
 @pytest.mark.parametrize("fail_after", [0, 1])
-def test_transient_storage_error_propagates(name: str, make: Any, fail_after: int) -> None:
+def test_transient_storage_error_propagates(name: str, make: Any, duration: float, codec: str, container: str,
+                                            fail_after: int) -> None:
     store = CountingStore()
     source = put(store, name, make())
-    assert probe(store, source, HOUR).duration_s > 0
+    info = probe(store, source, HOUR)
+    assert info.duration_s == pytest.approx(duration, abs=0.1)
+    assert (info.codec, info.container) == (codec, container)
     assert len(store.ranges) > fail_after  # the failure below lands inside the decoder's reads
     flaky = CountingStore(fail_after=fail_after)
-    flaky.write(BUCKET, name, store.read(BUCKET, name).data)  # type: ignore[union-attr]
+    flaky_source = put(flaky, name, store.read(BUCKET, name).data)  # type: ignore[union-attr]
     with pytest.raises(TransientError, match="503"):
-        probe(flaky, source, HOUR)
+        probe(flaky, flaky_source, HOUR)
 
 
 # --- range-read economy ---

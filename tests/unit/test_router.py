@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from cloudevents.http import CloudEvent
 
 from parascribe import names
 from parascribe.config import Settings, load_settings
-from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, UploadEvent
+from parascribe.contracts import ATTR_TYPE, TYPE_JOB_FAILED, ChunkTask, JobFailed, UploadEvent, utcnow
 from parascribe.errors import MalformedMessageError, TransientError
 from parascribe.jobs import JobStore
 from parascribe.router.events import PUBSUB_PUBLISHED, STORAGE_FINALIZED, parse_event
@@ -90,6 +91,16 @@ class Stack:
         return [(m, a) for t, m, a in self.publisher.messages
                 if isinstance(m, JobFailed) and t == names.TOPIC_ASR_RESULTS]
 
+    def published_at(self, job_id: str) -> datetime | None:
+        """When the router marked the job's tasks published (the marker's text); None without a marker."""
+        info = self.store.info(self.settings.state_bucket, published_marker(job_id))
+        if info is None:
+            return None
+        assert (info.content_type, info.metadata) == ("text/plain", {})
+        blob = self.store.read(self.settings.state_bucket, published_marker(job_id))
+        assert blob is not None
+        return datetime.fromisoformat(blob.data.decode())
+
 
 # --- parsing ---
 
@@ -104,7 +115,7 @@ def test_both_event_shapes_give_the_same_upload() -> None:
     assert from_pubsub.source.size == 96044
     assert from_pubsub.source.content_type == "audio/wav"
     assert (from_pubsub.method, from_pubsub.deadline_minutes, from_pubsub.metadata_error) == ("hybrid", 15.0, None)
-    assert from_pubsub.event_time is not None and from_pubsub.event_time.year == 2026
+    assert from_pubsub.event_time == datetime(2026, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
 
 def test_storage_event_data_may_arrive_as_json_bytes() -> None:
@@ -172,6 +183,7 @@ def test_malformed_event_is_dropped_without_raising() -> None:
 def test_upload_is_planned_and_its_tasks_published() -> None:
     stack = Stack(transcription_method="auto", chunk_duration_minutes=0.25, chunk_overlap_seconds=0.5)
     body = stack.upload("meeting.wav", wav(40.0))
+    before = utcnow()
     stack.router.handle_event(storage_event(body))
 
     upload = parse_event(storage_event(body))
@@ -190,7 +202,8 @@ def test_upload_is_planned_and_its_tasks_published() -> None:
     ]
     assert tasks[1][1].chunk.start_s == 14.5 and tasks[1][1].chunk.end_s == 30.5
     assert all(m.n_chunks == 3 and m.source == upload.source for _, m, _ in tasks)
-    assert stack.store.info(stack.settings.state_bucket, published_marker(job_id)) is not None
+    published_at = stack.published_at(job_id)
+    assert published_at is not None and before <= published_at <= utcnow()
 
 
 def test_deepgram_method_from_metadata_sends_the_whole_file() -> None:
@@ -234,16 +247,18 @@ def test_redelivery_after_a_failed_publish_republishes_the_stored_plan() -> None
         router.handle_event(pubsub_event(body))  # → HTTP 500, Pub/Sub redelivers
     upload = parse_event(pubsub_event(body))
     assert upload is not None
-    assert stack.store.info(stack.settings.state_bucket, published_marker(upload.source.job_id)) is None
+    assert stack.published_at(upload.source.job_id) is None
 
     # The redelivery lands on a process with other settings: the stored plan still wins.
     other = Router(load_settings(chunk_duration_minutes=1, transcription_method="deepgram"), stack.store, flaky,
                    stack.jobs)
+    before = utcnow()
     other.handle_event(pubsub_event(body))
     published = [(t, m.chunk.index) for t, m, _ in flaky.messages if isinstance(m, ChunkTask)]
     assert published == [(names.TOPIC_ASR_GPU, 0), (names.TOPIC_ASR_GPU, 0), (names.TOPIC_ASR_GPU, 1),
                          (names.TOPIC_ASR_GPU, 2)]
-    assert stack.store.info(stack.settings.state_bucket, published_marker(upload.source.job_id)) is not None
+    published_at = stack.published_at(upload.source.job_id)
+    assert published_at is not None and before <= published_at <= utcnow()
 
 
 @pytest.mark.parametrize(
