@@ -22,6 +22,11 @@ from parascribe.errors import MalformedMessageError, NewerSchemaError
 SCHEMA_VERSION = 1
 _JOB_ID = re.compile(r"j[0-9a-f]{20}")
 
+DECODE_MARGIN_MIN_S = 30.0
+"""The last chunk decodes at least this far past its planned end before audio there fails it (see ChunkTask)."""
+DECODE_MARGIN_FRACTION = 0.10
+"""...or this share of the file's planned duration past it, when that is more."""
+
 Route = Literal["gpu", "deepgram"]
 """Where a chunk is transcribed: the GPU worker or Deepgram."""
 EngineName = Literal["parakeet", "offline", "deepgram"]
@@ -201,9 +206,23 @@ class ChunkTask(Contract):
         """Where decoding stops; None (the end of the stream) for the last chunk.
 
         A header's duration can be an estimate (a VBR mp3 without a Xing header),
-        so the last chunk reads to the real end rather than cut off the tail.
+        so the last chunk reads to the real end rather than cut off the tail, up to
+        :attr:`decode_limit_s`.
         """
         return None if self.chunk.index == self.n_chunks - 1 else self.chunk.end_s
+
+    @property
+    def decode_limit_s(self) -> float:
+        """The furthest decoding may read: the chunk's end, or for the last chunk its end plus a margin.
+
+        The margin is ``max(DECODE_MARGIN_MIN_S, DECODE_MARGIN_FRACTION × duration)``. A header can
+        understate the length by any amount (an mp3 whose Xing header says 0.6 s may hold hours), so
+        audio going on past this fails the chunk with a reason instead of being decoded, and billed,
+        without bound; ``MAX_AUDIO_MINUTES`` then bounds every file.
+        """
+        if self.decode_end_s is not None:
+            return self.decode_end_s
+        return self.chunk.end_s + max(DECODE_MARGIN_MIN_S, DECODE_MARGIN_FRACTION * self.audio.duration_s)
 
     def to_deepgram(self, reason: str) -> ChunkTask:
         """This GPU task, sent to Deepgram instead because of ``reason``."""
@@ -261,6 +280,8 @@ class ChunkResult(Contract):
     processing_seconds: float = Field(ge=0)
     billed_seconds: float = Field(default=0.0, ge=0)
     fallback_reason: str | None = None
+    corrupt_packets: int = Field(default=0, ge=0)
+    """Packets of the chunk's span that would not decode and were skipped (as silence)."""
     error: str | None = None
     """Set when the chunk failed permanently; the job then fails with this reason."""
     created_at: datetime = Field(default_factory=utcnow)
@@ -310,6 +331,8 @@ class JobSummary(Value):
     deepgram_only_usd: float = 0.0
     savings_usd: float = 0.0
     fallbacks: int = 0
+    corrupt_packets: int = 0
+    """Packets skipped as corrupt, summed over the chunks (one in an overlap counts once per chunk)."""
 
 
 class JobStatus(Contract):

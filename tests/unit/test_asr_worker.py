@@ -684,3 +684,42 @@ def test_select_auto_with_the_real_parakeet_module_and_no_weights(stub_offline: 
         pytest.skip("parascribe.engines.parakeet.engine is not importable here")
     engine = select.load_engine(settings(asr_engine="auto", parakeet_model_name="/definitely/missing.nemo"))
     assert engine.name == "offline"
+
+
+# --- headers that lie, packets that will not decode ---
+
+
+def _mp3_task(source: SourceRef, claimed_s: float, index: int = 0, n: int = 1) -> ChunkTask:
+    audio = AudioInfo(duration_s=claimed_s, sample_rate=44_100, channels=1, codec="mp3", container="mp3")
+    spec = ChunkSpec(index=index, start_s=0.0, end_s=claimed_s, core_start_s=0.0, core_end_s=claimed_s)
+    return ChunkTask(job_id="jmp3", source=source, audio=audio, chunk=spec, n_chunks=n, path="gpu")
+
+
+def test_a_last_chunk_past_its_cap_fails_the_job_instead_of_decoding_the_tail(
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore
+) -> None:
+    from tests.bad_audio import claimed_seconds, lying_mp3
+
+    source = upload(store, "lying.mp3", lying_mp3())  # the header says 0.57 s; it holds 120 s
+    engine = FakeEngine()
+    worker = make_worker(engine)
+    outcomes = worker.process_batch(inbound([_mp3_task(source, claimed_seconds())]))
+    assert [(o.action, o.kind) for o in outcomes] == [("ack", "error")]
+    [res] = results(pub)
+    assert res.error is not None and "more audio than its header claims" in res.error
+    assert "MAX_AUDIO_MINUTES" in res.error
+    assert engine.calls == [] and forwarded(pub) == []
+
+
+def test_corrupt_packets_are_skipped_and_reported_on_the_result(
+    make_worker: Any, pub: RecordingPublisher, store: FlakyStore
+) -> None:
+    from tests.bad_audio import damage, mp3_bytes
+
+    source = upload(store, "damaged.mp3", damage(mp3_bytes(20.0), (0.3, 0.5, 0.7), 3000))
+    worker = make_worker(FakeEngine())
+    outcomes = worker.process_batch(inbound([_mp3_task(source, 20.0)]))
+    assert [o.kind for o in outcomes] == ["result"]
+    [res] = results(pub)
+    assert res.error is None and res.words and res.corrupt_packets > 0
+    assert res.audio_seconds > 18.0

@@ -400,3 +400,149 @@ def test_a_task_from_a_newer_release_is_nacked(tmp_path: Path) -> None:
     with pytest.raises(NewerSchemaError):
         worker.handle(Message(data=newer.to_bytes()))
     assert transcriber.peak == 0 and publisher.messages == []
+
+
+# --- spans that trust no header: capped, corrupt-tolerant, read by range, held while read ---
+
+
+class RecordingTranscriber:
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.urls: list[str] = []
+
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
+        self.sent.append(data)
+        return DeepgramTranscript(billed_seconds=duration_of(data))
+
+    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript:
+        self.urls.append(url)
+        return DeepgramTranscript(billed_seconds=1.0)
+
+
+class RangeStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.downloads: list[str] = []
+        self.range_bytes = 0
+
+    def download_to(self, bucket: str, name: str, dest: Path, generation: str | None = None) -> None:
+        self.downloads.append(name)
+        super().download_to(bucket, name, dest, generation)
+
+    def read_range(self, bucket: str, name: str, start: int, end: int, generation: str | None = None) -> bytes:
+        data = super().read_range(bucket, name, start, end, generation)
+        self.range_bytes += len(data)
+        return data
+
+
+def fake_worker(tmp_path: Path, store: MemoryStore, cache: SourceCache | None = None,
+                ) -> tuple[DeepgramWorker, RecordingPublisher, RecordingTranscriber]:
+    publisher, transcriber = RecordingPublisher(), RecordingTranscriber()
+    worker = DeepgramWorker(transcriber, store, publisher, cache or SourceCache(store, tmp_path / "cache", 1 << 26),
+                            signer=lambda source, expires: "http://unused.invalid/x",
+                            max_concurrency=2, timeout_seconds=5.0)
+    return worker, publisher, transcriber
+
+
+def put_source(store: MemoryStore, name: str, data: bytes) -> SourceRef:
+    gen = store.write(BUCKET, name, data)
+    return SourceRef(bucket=BUCKET, name=name, generation=str(gen), size=len(data))
+
+
+def span_task(source: SourceRef, info: AudioInfo, start: float, end: float, index: int, n: int,
+              whole_file: bool = False) -> ChunkTask:
+    return ChunkTask(job_id="j-span", source=source, audio=info,
+                     chunk=ChunkSpec(index=index, start_s=start, end_s=end, core_start_s=start, core_end_s=end),
+                     n_chunks=n, path="deepgram", whole_file=whole_file)
+
+
+def only_result(publisher: RecordingPublisher) -> ChunkResult:
+    [(_, result, _)] = publisher.messages
+    assert isinstance(result, ChunkResult)
+    return result
+
+
+def mp3_info(duration: float) -> AudioInfo:
+    return AudioInfo(duration_s=duration, sample_rate=44_100, channels=1, codec="mp3", container="mp3")
+
+
+@pytest.mark.parametrize("whole_file", [False, True])
+def test_a_lying_header_fails_the_chunk_instead_of_sending_the_tail(tmp_path: Path, whole_file: bool) -> None:
+    from tests.bad_audio import claimed_seconds, lying_mp3
+
+    store = MemoryStore()
+    source = put_source(store, "lying.mp3", lying_mp3())  # the header says 0.57 s; it holds 120 s
+    worker, publisher, transcriber = fake_worker(tmp_path, store)
+    claimed = claimed_seconds()
+    worker.handle(Message(data=span_task(source, mp3_info(claimed), 0.0, claimed, 0, 1, whole_file).to_bytes()))
+    result = only_result(publisher)
+    assert result.error is not None and "more audio than its header claims" in result.error
+    assert "MAX_AUDIO_MINUTES" in result.error
+    assert transcriber.sent == [] and transcriber.urls == []  # neither 120 s of bytes nor the URL went out
+
+
+def test_corrupt_packets_are_skipped_and_counted_on_the_result(tmp_path: Path) -> None:
+    from tests.bad_audio import damage, mp3_bytes
+
+    store = MemoryStore()
+    source = put_source(store, "damaged.mp3", damage(mp3_bytes(20.0), (0.3, 0.5, 0.7), 3000))
+    worker, publisher, transcriber = fake_worker(tmp_path, store)
+    worker.handle(Message(data=span_task(source, mp3_info(20.0), 0.0, 20.0, 0, 1).to_bytes()))
+    result = only_result(publisher)
+    assert result.error is None and result.corrupt_packets > 0
+    assert duration_of(transcriber.sent[0]) > 18.0
+
+
+def test_a_pcm_wav_span_is_read_by_byte_range_not_downloaded(tmp_path: Path) -> None:
+    sr, seconds = 44_100, 60.0
+    t = np.arange(int(seconds * sr)) / sr
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([0.3 * np.sin(2 * np.pi * 300 * t)] * 2, axis=1).astype(np.float32), sr, format="WAV",
+             subtype="PCM_16")
+    data = buf.getvalue()
+    store = RangeStore()
+    source = put_source(store, "long.wav", data)
+    info = AudioInfo(duration_s=seconds, sample_rate=sr, channels=2, codec="pcm_s16le", container="wav")
+    worker, publisher, transcriber = fake_worker(tmp_path, store)
+    worker.handle(Message(data=span_task(source, info, 20.0, 30.0, 1, 3).to_bytes()))
+    assert only_result(publisher).error is None
+    assert store.downloads == []
+    span_bytes = 10 * sr * 4
+    assert span_bytes <= store.range_bytes <= span_bytes + 128 * 1024, store.range_bytes
+    assert duration_of(transcriber.sent[0]) == pytest.approx(10.0, abs=1e-3)
+    # The last chunk reads to the end of the data, by range too.
+    worker.handle(Message(data=span_task(source, info, 50.0, 60.0, 2, 3).to_bytes()))
+    assert duration_of(transcriber.sent[1]) == pytest.approx(10.0, abs=1e-3) and store.downloads == []
+
+
+class RacingCache(SourceCache):
+    """Another thread fetches ``other`` just after this one got the path of ``racer``: the worst moment."""
+
+    def __init__(self, store: MemoryStore, cache_dir: Path, max_bytes: int, racer: SourceRef,
+                 other: SourceRef) -> None:
+        super().__init__(store, cache_dir, max_bytes)
+        self.racer, self.other, self.raced = racer, other, False
+
+    def path(self, source: SourceRef) -> Path:
+        found = super().path(source)
+        if source == self.racer and not self.raced:
+            self.raced = True
+            super().path(self.other)  # over max_bytes: evicts every entry not held
+        return found
+
+
+def test_a_held_source_survives_another_threads_fetch(tmp_path: Path) -> None:
+    def flac(seconds: float) -> bytes:
+        out = io.BytesIO()
+        sf.write(out, np.random.default_rng(5).uniform(-0.3, 0.3, int(seconds * 16_000)), 16_000, format="FLAC")
+        return out.getvalue()
+
+    store = MemoryStore()
+    racer, other = put_source(store, "racer.flac", flac(4.0)), put_source(store, "other.flac", flac(4.0))
+    cache = RacingCache(store, tmp_path / "cache", racer.size + other.size - 1, racer, other)
+    worker, publisher, transcriber = fake_worker(tmp_path, store, cache)
+    info = AudioInfo(duration_s=4.0, sample_rate=16_000, channels=1, codec="flac", container="flac")
+    worker.handle(Message(data=span_task(racer, info, 1.0, 3.0, 0, 2).to_bytes()))
+    assert cache.raced and only_result(publisher).error is None
+    assert duration_of(transcriber.sent[0]) == pytest.approx(2.0, abs=1e-3)
+    assert cache.total_bytes < racer.size + other.size  # once released, the cache is back under its limit

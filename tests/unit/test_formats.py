@@ -170,3 +170,50 @@ def test_empty_transcript_renders_every_format() -> None:
 def test_output_names_are_unique_per_job(name: str, want: str) -> None:
     assert output_name(name, "j1", "json") == want
     assert output_name(name, "j1", "json") != output_name(name, "j2", "json")
+
+
+def test_corrupt_packets_are_summed_and_shown_in_the_json_metadata() -> None:
+    from parascribe.contracts import AudioInfo, ChunkResult, JobManifest
+    from parascribe.costs import Prices
+    from parascribe.merger.summary import summarise
+
+    manifest = JobManifest(job_id="j1", source=SourceRef(bucket="uploads", name="a.mp3", generation="1", size=10),
+                           audio=AudioInfo(duration_s=40.0, sample_rate=44_100, channels=1, codec="mp3",
+                                           container="mp3"),
+                           method="gpu", deadline_minutes=60.0, chunks=[])
+    results = [ChunkResult(job_id="j1", chunk_index=i, n_chunks=2, engine="parakeet", path="gpu", audio_seconds=20,
+                           processing_seconds=1, corrupt_packets=n) for i, n in enumerate([3, 4])]
+    summary = summarise(manifest, results, Prices(deepgram_per_second=0.0001, gpu_instance_per_second=0.0002))
+    assert summary.corrupt_packets == 7
+    doc = json.loads(to_json(transcript_of(speech(5)), "j1", manifest.source, summary))
+    assert doc["metadata"]["corrupt_packets"] == 7
+    assert json.loads(to_json(transcript_of(speech(5)), "j1", None, JobSummary()))["metadata"]["corrupt_packets"] == 0
+
+
+LONG_NAME = "録音/" + "会議の記録" * 198 + "議事録.mp3"  # 1,000 characters, 2,990 bytes of UTF-8
+JOB = "j" + "a" * 20
+
+
+def test_an_output_name_past_gcs_s_limit_is_shortened_deterministically() -> None:
+    assert len(LONG_NAME) == 1000
+    names = {fmt: output_name(LONG_NAME, JOB, fmt) for fmt in FORMATS}
+    for fmt, name in names.items():
+        assert len(name.encode()) <= 1024, (fmt, len(name.encode()))
+        assert name.endswith(f"/{JOB}/" + name.rsplit("/", 1)[1]) and name.endswith("." + fmt)
+        assert name == output_name(LONG_NAME, JOB, fmt)  # the same every time: a retry writes the same object
+        name.encode().decode()  # never cut inside a character
+    assert len({n.rsplit("/", 1)[0] for n in names.values()}) == 1  # one job's outputs share one folder
+    other = output_name(LONG_NAME[:-5] + "X.mp3", JOB, "json")
+    assert other != names["json"]  # names differing only past the cut stay apart
+    assert output_name(LONG_NAME, "j" + "b" * 20, "json") != names["json"]
+    assert output_name("talk.mp3", JOB, "json") == f"talk/{JOB}/talk.json"  # short names are untouched
+
+
+def test_every_format_of_a_job_is_shortened_alike_or_not_at_all() -> None:
+    for length in range(480, 520):
+        name = "a" * length + ".wav"
+        outs = [output_name(name, JOB, fmt) for fmt in FORMATS]
+        assert all(len(o.encode()) <= 1024 for o in outs)
+        assert len({o.rsplit("/", 1)[0] for o in outs}) == 1, length  # never split across two folders
+        assert len({o.rsplit("/", 1)[1].split(".")[0] for o in outs}) == 1, length
+    assert output_name("a" * 480 + ".wav", JOB, "json") == f"{'a' * 480}/{JOB}/{'a' * 480}.json"

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parascribe.audio import COMPRESSED_MAX_BPS, plausible_max_bytes
 from parascribe.config import load_settings
-from parascribe.contracts import PlannedChunk, Route
+from parascribe.contracts import AudioInfo, PlannedChunk, Route
 from parascribe.costs import Prices
 from parascribe.errors import PermanentError
 from parascribe.router.planner import (
@@ -18,6 +19,7 @@ from parascribe.router.planner import (
     estimate_cost,
     estimate_deepgram_only,
     estimate_finish_s,
+    header_may_lie,
     is_whole_file,
     make_plan,
     plan_chunks,
@@ -234,3 +236,49 @@ def test_overlap_is_billed_on_deepgram_chunks() -> None:
     assert not plan.whole_file
     assert sum(c.duration_s for c in plan.chunks) == pytest.approx(1800 + 4 * 2)
     assert plan.estimated_cost_usd > plan.estimated_deepgram_only_usd
+
+
+# --- a whole-file request only when the object's size fits its header's duration ---
+
+def _audio(duration: float, codec: str, container: str, rate: int = 44_100, channels: int = 2) -> AudioInfo:
+    return AudioInfo(duration_s=duration, sample_rate=rate, channels=channels, codec=codec, container=container)
+
+
+def test_the_plausible_size_is_pcm_for_uncompressed_and_2_mbit_s_for_compressed() -> None:
+    overhead = plausible_max_bytes(0.0, "mp3", 44_100, 2)
+    assert 0 < overhead <= 1 << 20
+    assert plausible_max_bytes(600.0, "mp3", 44_100, 2) - overhead == pytest.approx(600 * COMPRESSED_MAX_BPS / 8)
+    assert COMPRESSED_MAX_BPS == 2_000_000
+    assert plausible_max_bytes(600.0, "pcm_s24le", 96_000, 2) - overhead == pytest.approx(600 * 96_000 * 2 * 3)
+    assert plausible_max_bytes(600.0, "flac", 48_000, 1) - overhead == pytest.approx(600 * 48_000 * 4)
+
+
+def test_a_short_header_on_a_large_file_is_not_sent_whole() -> None:
+    s = cfg()
+    lying = _audio(0.57, "mp3", "mp3", channels=1)  # an mp3 whose Xing header says 0.57 s but that holds 120 s
+    plan = make_plan(0.57, s, "deepgram", HOUR, size_bytes=960_488, audio=lying)
+    assert [c.path for c in plan.chunks] == ["deepgram"]
+    assert not plan.whole_file and not is_whole_file(plan.chunks, lying, 960_488)
+    assert header_may_lie(lying, 960_488)
+    honest = make_plan(0.57, s, "deepgram", HOUR, size_bytes=9_000, audio=lying)
+    assert honest.whole_file and is_whole_file(honest.chunks, lying, 9_000)
+
+
+@pytest.mark.parametrize(("codec", "container", "rate", "whole"), [
+    ("mp3", "mp3", 44_100, False),  # 300 MB is 4 Mbit/s for 10 minutes: more than any mp3
+    ("pcm_s24le", "wav", 96_000, True),  # but less than 10 minutes of 96 kHz 24-bit stereo PCM
+])
+def test_the_size_check_depends_on_the_codec(codec: str, container: str, rate: int, whole: bool) -> None:
+    audio = _audio(1800.0, codec, container, rate=rate)
+    size = 300 * 10**6 * 3
+    plan = make_plan(1800.0, cfg(), "deepgram", HOUR, size_bytes=size, audio=audio)
+    assert plan.whole_file is whole and is_whole_file(plan.chunks, audio, size) is whole
+    assert len(plan.chunks) == (1 if whole else 3)
+
+
+def test_without_the_codec_only_an_impossible_size_stops_a_whole_file_request() -> None:
+    assert make_plan(1800.0, cfg(), "deepgram", HOUR, size_bytes=1_000_000_000).whole_file
+    plan = make_plan(60.0 * 10, cfg(), "deepgram", HOUR, size_bytes=DEEPGRAM_MAX_BYTES - 1)
+    assert plan.whole_file  # 2 GB in 10 minutes is less than the most any PCM could take
+    plan = make_plan(60.0, cfg(), "deepgram", HOUR, size_bytes=DEEPGRAM_MAX_BYTES - 1)
+    assert not plan.whole_file

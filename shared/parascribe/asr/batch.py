@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from parascribe import names
-from parascribe.audio import decode_file
+from parascribe.audio import decode_span
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -219,8 +219,10 @@ class BatchProcessor:
 
     def _decode_one(self, task: ChunkTask) -> AudioChunk:
         with self._cache.hold(task.source) as path:
-            samples = decode_file(path, task.chunk.start_s, task.decode_end_s)
-        return AudioChunk(key=f"{task.job_id}/{task.chunk.index}", samples=samples, offset_s=task.chunk.start_s)
+            decoded = decode_span(path, task.chunk.start_s, task.decode_end_s, limit_s=task.decode_limit_s,
+                                  header_s=task.audio.duration_s)
+        return _DecodedChunk(key=f"{task.job_id}/{task.chunk.index}", samples=decoded.samples,
+                             offset_s=task.chunk.start_s, corrupt_packets=decoded.corrupt_packets)
 
     def _transcribe(self, items: list[_Work]) -> None:
         """Run the engine; on failure split the batch until single chunks fail alone."""
@@ -261,6 +263,7 @@ class BatchProcessor:
                 words=_within_span(w.output.words, task.chunk.start_s, task.decode_end_s or math.inf),
                 audio_seconds=_duration(w),
                 processing_seconds=processing_s,
+                corrupt_packets=getattr(w.chunk, "corrupt_packets", 0),
             )
             return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "result")
         reason = w.failure or "engine_error"
@@ -303,6 +306,13 @@ class BatchProcessor:
             log.warning("publishing to %s failed, will retry: %s", topic, err, extra=_ctx(task))
             return Outcome(msg.message_id, "nack", "retry", reason=f"publish to {topic} failed: {err}")
         return Outcome(msg.message_id, "ack", kind, [(topic, body)], reason)
+
+
+@dataclass
+class _DecodedChunk(AudioChunk):
+    """A chunk's samples, with the packets skipped as corrupt in decoding them."""
+
+    corrupt_packets: int = 0
 
 
 def _duration(w: _Work) -> float:

@@ -6,8 +6,16 @@ transcript and publishes a :class:`~parascribe.contracts.ChunkResult` to
 
 - ``whole_file`` tasks: Deepgram fetches the source itself through a V4 signed
   URL, so no audio passes through the worker;
-- chunk spans: the span is cut from a local copy of the source
-  (:class:`~parascribe.gcp.source_cache.SourceCache`), encoded as FLAC and sent as bytes.
+- chunk spans: the span is cut, encoded as FLAC and sent as bytes. A PCM WAV's
+  span is read by byte range (:mod:`parascribe.wav`), so the worker holds only
+  that span; any other container is decoded from a local copy of the source
+  (:class:`~parascribe.gcp.source_cache.SourceCache`), held while it is read.
+
+No header is trusted. The last chunk decodes no further than
+:attr:`~parascribe.contracts.ChunkTask.decode_limit_s`, and a ``whole_file`` task
+whose object is too large for the duration its header claims
+(:func:`~parascribe.audio.plausible_max_bytes`) is cut like a span instead of
+sent by URL, since Deepgram would bill the real length.
 
 Errors: a :class:`PermanentError` (audio Deepgram cannot read) publishes a
 result carrying ``error`` (the merger fails the job) and acks;
@@ -31,13 +39,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
 from parascribe import names
-from parascribe.audio import decode_file, encode_flac
+from parascribe.audio import Decoded, decode_span, encode_flac, plausible_max_bytes
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
@@ -54,8 +63,12 @@ from parascribe.errors import BadAudioError, DeepgramAuthError, MalformedMessage
 from parascribe.gcp.pubsub import Message, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import EndedJobs
+from parascribe.wav import read_pcm_layout
 
 log = logging.getLogger(__name__)
+
+_RANGE_BYTES = 8 << 20
+"""A PCM span is read in ranged requests of about this many bytes, so the worker never holds more at once."""
 
 Signer = Callable[[SourceRef, timedelta], str]
 """Returns a V4 signed GET URL for a source object, valid for the given time."""
@@ -68,7 +81,7 @@ class Transcriber(Protocol):
 
 
 class SourceFiles(Protocol):
-    def path(self, source: SourceRef) -> Path: ...
+    def hold(self, source: SourceRef) -> AbstractContextManager[Path]: ...
 
 
 class DeepgramWorker:
@@ -142,7 +155,7 @@ class DeepgramWorker:
                         extra=ctx)
         started = time.monotonic()
         try:
-            transcript = self._transcribe(task)
+            transcript, corrupt = self._transcribe(task)
         except DeepgramAuthError as err:
             log.error("Deepgram rejected our key; nacking so the chunk is retried: %s", err.reason, extra=ctx)
             raise
@@ -150,7 +163,7 @@ class DeepgramWorker:
             log.warning("chunk failed permanently: %s", err.reason, extra=ctx)
             self._publish(self._result(task, time.monotonic() - started, error=err.reason), ctx)
             return
-        result = self._result(task, time.monotonic() - started, transcript=transcript)
+        result = self._result(task, time.monotonic() - started, transcript=transcript, corrupt_packets=corrupt)
         self._publish(result, ctx)
         log.info("chunk transcribed: %d words, %.1fs audio, %.1fs billed, %.2fs", len(result.words),
                  result.audio_seconds, result.billed_seconds, result.processing_seconds, extra=ctx)
@@ -164,31 +177,73 @@ class DeepgramWorker:
         self._publisher.publish(names.TOPIC_ASR_RESULTS, JobFailed(job_id=job_id, reason=reason),
                                 {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id})
 
-    def _transcribe(self, task: ChunkTask) -> DeepgramTranscript:
-        if task.whole_file:
+    def _transcribe(self, task: ChunkTask) -> tuple[DeepgramTranscript, int]:
+        """The transcript of the task's audio, and the packets skipped as corrupt in cutting it."""
+        if task.whole_file and self._size_fits_header(task):
             url = self.signed_url(task.source)
             with self._slot():
-                return self._transcriber.transcribe_url(url, offset_s=0.0)
-        data = self._cut(task)
+                return self._transcriber.transcribe_url(url, offset_s=0.0), 0
+        data, corrupt = self._cut(task)
         with self._slot():
-            return self._transcriber.transcribe_bytes(data, offset_s=task.chunk.start_s)
+            return self._transcriber.transcribe_bytes(data, offset_s=task.chunk.start_s), corrupt
 
-    def _cut(self, task: ChunkTask) -> bytes:
-        path = self._cache.path(task.source)
+    @staticmethod
+    def _size_fits_header(task: ChunkTask) -> bool:
+        a = task.audio
+        most = plausible_max_bytes(a.duration_s, a.codec, a.sample_rate, a.channels)
+        if task.source.size <= most:
+            return True
+        log.warning("%s is %d bytes, more than %.1f s of %s can fill (%.0f): its header may understate the "
+                    "length, so the file is cut and capped rather than sent whole", task.source.uri, task.source.size,
+                    a.duration_s, a.codec, most, extra={"job_id": task.job_id})
+        return False
+
+    def _cut(self, task: ChunkTask) -> tuple[bytes, int]:
+        """The task's span as FLAC, decoded no further than its cap, and the corrupt packets skipped."""
         try:
-            samples = decode_file(path, task.chunk.start_s, task.decode_end_s)
+            decoded = self._read_pcm_span(task)
+            if decoded is None:
+                with self._cache.hold(task.source) as path:
+                    decoded = decode_span(path, task.chunk.start_s, task.decode_end_s, limit_s=task.decode_limit_s,
+                                          header_s=task.audio.duration_s)
         except ValueError as err:
             raise PermanentError(f"chunk {task.chunk.index} has an invalid span: {err}") from None
-        if samples.size == 0:
+        if decoded.samples.size == 0:
             raise BadAudioError(f"chunk {task.chunk.index} [{task.chunk.start_s:.2f}, {task.chunk.end_s:.2f}) "
                                 "holds no audio")
-        return encode_flac(samples)
+        return encode_flac(decoded.samples), decoded.corrupt_packets
+
+    def _read_pcm_span(self, task: ChunkTask) -> Decoded | None:
+        """A PCM WAV's span from ranged reads of just its bytes; None for other files (decoded from a copy)."""
+        if task.audio.container != "wav" or not task.audio.codec.startswith("pcm_"):
+            return None
+        src = task.source
+
+        def read(start: int, end: int) -> bytes:
+            return self._store.read_range(src.bucket, src.name, start, end, src.generation)
+
+        layout = read_pcm_layout(read, src.size)
+        if layout is None:
+            return None
+        lo, hi = layout.byte_range(task.chunk.start_s, task.decode_end_s, limit_s=task.decode_limit_s,
+                                   header_s=task.audio.duration_s)
+        step = max(1, _RANGE_BYTES // layout.block_align) * layout.block_align
+
+        def blocks() -> Iterator[bytes]:
+            for at in range(lo, hi, step):
+                piece = read(at, min(hi, at + step))
+                if not piece:
+                    return
+                yield piece
+
+        return Decoded(layout.decode(blocks()))
 
     def _slot(self) -> _Slot:
         return _Slot(self._slots, self._slot_wait_s)
 
     def _result(
-        self, task: ChunkTask, seconds: float, transcript: DeepgramTranscript | None = None, error: str | None = None
+        self, task: ChunkTask, seconds: float, transcript: DeepgramTranscript | None = None, error: str | None = None,
+        corrupt_packets: int = 0,
     ) -> ChunkResult:
         return ChunkResult.for_task(
             task, "deepgram",
@@ -197,6 +252,7 @@ class DeepgramWorker:
             audio_seconds=task.chunk.duration_s,
             processing_seconds=max(0.0, seconds),
             billed_seconds=transcript.billed_seconds if transcript else 0.0,
+            corrupt_packets=corrupt_packets,
             error=error,
         )
 

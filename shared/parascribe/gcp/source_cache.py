@@ -6,12 +6,14 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from parascribe.contracts import SourceRef
+from parascribe.errors import TransientError
 from parascribe.gcp.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -27,11 +29,31 @@ class SourceCache:
     roughly ``max_bytes`` of other sources have been fetched; use :meth:`hold` when
     other threads share the cache. Thread-safe: concurrent calls for one source
     download once.
+
+    Held sources are bounded (on Cloud Run the cache lives in memory): a :meth:`hold`
+    that would download a source while held sources and downloads in flight already
+    take ``max_held_bytes`` (default ``2 × max_bytes``) waits up to ``hold_wait_s`` for
+    a release, then raises :class:`TransientError` so the message is retried. A source
+    is always admitted when nothing else is held, however large, so any one object
+    can be transcribed; the cache then holds at most ``max(max_held_bytes, largest
+    object)`` plus one unheld entry.
+
+    Args:
+        store: where sources are downloaded from.
+        cache_dir: where local copies go.
+        max_bytes: the size unheld entries are evicted down to.
+        max_held_bytes: the ceiling on held sources and downloads in flight; ``2 × max_bytes`` if None.
+        hold_wait_s: how long :meth:`hold` waits for room before giving up.
     """
 
-    def __init__(self, store: BlobStore, cache_dir: Path, max_bytes: int) -> None:
+    def __init__(self, store: BlobStore, cache_dir: Path, max_bytes: int, *, max_held_bytes: int | None = None,
+                 hold_wait_s: float = 120.0) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        self.max_held_bytes = 2 * max_bytes if max_held_bytes is None else max_held_bytes
+        if self.max_held_bytes < max_bytes:
+            raise ValueError("max_held_bytes must be at least max_bytes")
+        self._hold_wait_s = hold_wait_s
         self._store = store
         self._dir = cache_dir
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -39,8 +61,11 @@ class SourceCache:
         self._entries: OrderedDict[str, tuple[Path, int]] = OrderedDict()
         self._total = 0
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._key_locks: dict[str, threading.Lock] = {}
         self._pins: Counter[str] = Counter()
+        self._reserved: dict[str, int] = {}
+        """Sources admitted by :meth:`hold` whose download is under way, with their sizes."""
         self.hits = 0
         self.misses = 0
 
@@ -88,6 +113,7 @@ class SourceCache:
                 self.misses += 1
                 self._entries[key] = (dest, size)
                 self._total += size
+                self._reserved.pop(key, None)
                 self._evict(keep=key)
                 self._key_locks.pop(key, None)
             return dest
@@ -98,10 +124,12 @@ class SourceCache:
 
         Raises:
             BadAudioError: the object no longer exists.
-            TransientError: the download failed in a way that may pass.
+            TransientError: the download failed in a way that may pass, or held sources left no
+                room for it within ``hold_wait_s``.
         """
         key = self._key(source)
         with self._lock:
+            self._admit(key, source)
             self._pins[key] += 1
         try:
             yield self.path(source)
@@ -110,8 +138,27 @@ class SourceCache:
                 self._pins[key] -= 1
                 if self._pins[key] <= 0:
                     del self._pins[key]
+                    self._reserved.pop(key, None)  # its download failed
                 if key in self._entries:
                     self._evict(keep=key)
+                self._room.notify_all()
+
+    def _admit(self, key: str, source: SourceRef) -> None:
+        """Wait (holding ``_lock``) until downloading ``source`` keeps held bytes under the ceiling; reserve them."""
+        deadline = time.monotonic() + self._hold_wait_s
+        while key not in self._entries and key not in self._reserved:
+            held = sum(size for k, (_, size) in self._entries.items() if self._pins.get(k))
+            held += sum(self._reserved.values())
+            if held == 0 or held + source.size <= self.max_held_bytes:
+                self._reserved[key] = source.size
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientError(
+                    f"the source cache has no room for {source.uri} ({source.size} bytes): sources in use take "
+                    f"{held} of its {self.max_held_bytes}-byte ceiling after {self._hold_wait_s:.0f} s; retry later"
+                )
+            self._room.wait(left)
 
     def _download(self, source: SourceRef, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.part")

@@ -20,7 +20,7 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Signing
 
-from parascribe.errors import BadAudioError, TransientError
+from parascribe.errors import BadAudioError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ _TRANSIENT = (
     gexc.ServiceUnavailable,
     gexc.GatewayTimeout,
 )
+# Client errors a write can meet that retrying may still cure: a missing bucket, a missing permission or
+# an expired token (settings someone fixes), a timeout, a failed precondition (handled apart), throttling.
+_RETRYABLE_WRITE_STATUSES = frozenset({401, 403, 404, 408, 412, 429})
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,11 @@ class GcsStore:
             return None
         except _TRANSIENT as err:
             raise TransientError(f"writing gs://{bucket}/{name}: {err}") from err
+        except gexc.ClientError as err:
+            if err.code in _RETRYABLE_WRITE_STATUSES:
+                raise
+            # The request itself is wrong (a name past 1,024 bytes, say): retrying sends it again unchanged.
+            raise PermanentError(f"GCS refused to write gs://{bucket}/{name}: {err.code} {err.message}") from err
         return int(blob.generation or 0)
 
     def list(self, bucket: str, prefix: str) -> list[str]:

@@ -9,6 +9,7 @@ never runs across a long pause or a speaker change.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ CONTENT_TYPES: dict[str, str] = {
     "words.csv": "text/csv; charset=utf-8",
     "segments.csv": "text/csv; charset=utf-8",
 }
+MAX_OBJECT_NAME_BYTES = 1024
+"""GCS's limit on an object name, in bytes of UTF-8."""
+_FORMAT_ROOM = 16  # bytes kept for ".<fmt>" (".segments.csv" is 13), so every format of a job is cut alike
+_STEM_BYTES = 200  # what a shortened base name keeps
 WORDS_CSV_COLUMNS = ("word", "start", "end", "confidence", "speaker")
 SEGMENTS_CSV_COLUMNS = ("index", "start", "end", "speaker", "text")
 
@@ -48,12 +53,28 @@ def output_name(source_name: str, job_id: str, fmt: str) -> str:
     ``talk.mp3`` give ``talk/<job_id>/talk.json`` and so on. The job id folder keeps
     two uploads of the same name (two generations) apart, and the outputs of one
     upload sit together next to the others of that name.
+
+    A name that would pass GCS's :data:`MAX_OBJECT_NAME_BYTES` is shortened, the
+    same way for every format of the job and on every call: the path and the base
+    name are cut at a character boundary and each ends in ``~`` and a hash of the
+    whole source name, so names that differ only past the cut stay apart; the job
+    id and the extension are kept whole.
     """
     folder, _, base = source_name.rpartition("/")
     stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
     stem = stem or "audio"
     prefix = f"{folder}/{stem}" if folder else stem
+    if len(f"{prefix}/{job_id}/{stem}".encode()) + _FORMAT_ROOM > MAX_OBJECT_NAME_BYTES:
+        tag = "~" + hashlib.sha256(source_name.encode()).hexdigest()[:16]
+        stem = _clip(stem, _STEM_BYTES) + tag
+        room = MAX_OBJECT_NAME_BYTES - _FORMAT_ROOM - len(f"/{job_id}/{stem}{tag}".encode())
+        prefix = _clip(prefix, max(0, room)).rstrip("/") + tag
     return f"{prefix}/{job_id}/{stem}.{fmt}"
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def _t(x: float) -> float:
@@ -96,6 +117,7 @@ def to_json(transcript: Transcript, job_id: str, source: SourceRef | None, summa
             "deepgram_only_usd": summary.deepgram_only_usd,
             "savings_usd": summary.savings_usd,
             "fallbacks": summary.fallbacks,
+            "corrupt_packets": summary.corrupt_packets,
         },
     }
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -25,6 +25,7 @@ def summarise(
 ) -> JobSummary:
     """Summarise a finished (or failed) job from its stored chunk results.
 
+    ``corrupt_packets`` sums the packets the chunks skipped because they would not decode.
     Cost is what the chunks actually cost; ``deepgram_only_usd`` is what the whole
     file would have cost on Deepgram alone, and savings are the difference
     (negative if the GPU path cost more; zero for a job that did not complete,
@@ -51,4 +52,5 @@ def summarise(
         deepgram_only_usd=round(deepgram_only, 6),
         savings_usd=round(deepgram_only - cost, 6) if manifest and complete else 0.0,
         fallbacks=sum(1 for r in results if r.fallback_reason),
+        corrupt_packets=sum(r.corrupt_packets for r in results),
     )

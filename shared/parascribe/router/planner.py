@@ -23,7 +23,10 @@ Candidate plans
     *k* from 0 to n. One more candidate sends the whole file to Deepgram as a
     single request (``whole_file``): no overlap is billed, there are no seams,
     and speaker labels stay consistent. It is offered when the object is at
-    most 2 GB, Deepgram's limit.
+    most 2 GB, Deepgram's limit, and when its size fits the duration its header
+    claims (:func:`header_may_lie`): Deepgram bills the audio it finds, so a
+    header that understates the length would be billed for all of it. Chunks
+    instead decode no further than the planned duration plus a margin.
 
 Methods (``TRANSCRIPTION_METHOD``, or ``parascribe-method`` object metadata)
     - ``gpu``: every chunk goes to the GPU.
@@ -57,8 +60,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from parascribe.audio import plausible_max_bytes
 from parascribe.config import Settings
-from parascribe.contracts import ChunkSpec, Method, PlannedChunk, Route
+from parascribe.contracts import AudioInfo, ChunkSpec, Method, PlannedChunk, Route
 from parascribe.costs import Prices
 from parascribe.errors import PermanentError
 
@@ -67,6 +71,8 @@ log = logging.getLogger(__name__)
 TAIL_MERGE_FRACTION = 0.25
 DEEPGRAM_MAX_BYTES = 2 * 1024**3
 _EPS = 1e-9
+# Without the codec, the most any audio could take: 64-bit PCM, at the widest rate and channels assumed.
+_ANY_CODEC = "pcm_f64le"
 
 
 @dataclass(frozen=True)
@@ -115,10 +121,12 @@ class Plan:
     estimated_deepgram_only_usd: float
     estimated_finish_s: float
     meets_deadline: bool
+    header_may_lie: bool = False
+    """The object is larger than its header's duration allows, so it is never sent as one whole-file request."""
 
     @property
     def whole_file(self) -> bool:
-        return is_whole_file(self.chunks)
+        return is_whole_file(self.chunks) and not self.header_may_lie
 
 
 def resolve_method(requested: Method, options: PlannerOptions) -> Method:
@@ -184,6 +192,7 @@ def plan_paths(
     method: Method,
     deadline_s: float,
     size_bytes: int | None = None,
+    audio: AudioInfo | None = None,
 ) -> list[PlannedChunk]:
     """Choose a path for every chunk (see the module docstring for each method).
 
@@ -192,7 +201,9 @@ def plan_paths(
         options: rates, prices and switches.
         method: the requested method, before settings are applied.
         deadline_s: seconds from now by which the job should be done.
-        size_bytes: the object's size; above 2 GB no whole-file request is planned.
+        size_bytes: the object's size; above 2 GB, or above what the header's duration
+            allows (:func:`header_may_lie`), no whole-file request is planned.
+        audio: what the probe read from the header; None checks the size against any codec.
 
     Returns:
         The plan. A single Deepgram chunk that spans the whole file is a
@@ -202,7 +213,8 @@ def plan_paths(
         ValueError: ``chunks`` is empty.
         PermanentError: the method cannot be honoured with these settings.
     """
-    return _choose(chunks, options, method, deadline_s, size_bytes)[0]
+    duration = chunks[-1].core_end_s if chunks else 0.0
+    return _choose(chunks, options, method, deadline_s, _whole_allowed(duration, size_bytes, audio))[0]
 
 
 def make_plan(
@@ -211,6 +223,7 @@ def make_plan(
     method: Method,
     deadline_s: float,
     size_bytes: int | None = None,
+    audio: AudioInfo | None = None,
 ) -> Plan:
     """Chunk the audio, choose the paths and estimate cost and finish time.
 
@@ -219,13 +232,20 @@ def make_plan(
         options: chunking, rates, prices and switches (:meth:`PlannerOptions.from_settings`).
         method: the requested method, before the switches are applied.
         deadline_s: seconds from now by which the job should be done.
-        size_bytes: the object's size; above 2 GB no whole-file request is planned.
+        size_bytes: the object's size; above 2 GB, or above what the header's duration
+            allows (:func:`header_may_lie`), no whole-file request is planned.
+        audio: what the probe read from the header; None checks the size against any codec.
 
     Raises:
         PermanentError: the method cannot be honoured with these settings.
     """
     chunks = plan_chunks(duration_s, options.chunk_seconds, options.chunk_overlap_seconds)
-    planned, effective = _choose(chunks, options, method, deadline_s, size_bytes)
+    suspect = size_bytes is not None and _header_may_lie(duration_s, size_bytes, audio)
+    if suspect:
+        log.warning("the object is %d bytes, more than %.1f s of %s can take: its header may understate the length, "
+                    "so it is planned in capped chunks rather than sent whole", size_bytes, duration_s,
+                    audio.codec if audio else "audio")
+    planned, effective = _choose(chunks, options, method, deadline_s, _whole_allowed(duration_s, size_bytes, audio))
     finish = estimate_finish_s(planned, options)
     return Plan(
         method=effective,
@@ -234,12 +254,39 @@ def make_plan(
         estimated_deepgram_only_usd=estimate_deepgram_only(duration_s, options),
         estimated_finish_s=finish,
         meets_deadline=finish <= deadline_s + _EPS,
+        header_may_lie=suspect,
     )
 
 
-def is_whole_file(plan: Sequence[PlannedChunk]) -> bool:
-    """Whether the plan is one Deepgram request for the entire file."""
-    return len(plan) == 1 and plan[0].path == "deepgram" and plan[0].start_s == 0.0
+def is_whole_file(plan: Sequence[PlannedChunk], audio: AudioInfo | None = None, size_bytes: int | None = None) -> bool:
+    """Whether the plan is one Deepgram request for the entire file, sent by signed URL.
+
+    A single Deepgram chunk of a file whose size its header cannot account for
+    (``audio`` and ``size_bytes`` given, :func:`header_may_lie`) is not: it is cut and capped.
+    """
+    whole = len(plan) == 1 and plan[0].path == "deepgram" and plan[0].start_s == 0.0
+    return whole and not (audio is not None and size_bytes is not None and header_may_lie(audio, size_bytes))
+
+
+def header_may_lie(audio: AudioInfo, size_bytes: int) -> bool:
+    """Whether the object is larger than its header's duration of this codec can fill.
+
+    Then the header may understate the length (an mp3 whose Xing header says 0.6 s
+    may hold hours), and a whole-file request would be billed for all of it.
+    """
+    return _header_may_lie(audio.duration_s, size_bytes, audio)
+
+
+def _header_may_lie(duration_s: float, size_bytes: int, audio: AudioInfo | None) -> bool:
+    if audio is None:
+        return size_bytes > plausible_max_bytes(duration_s, _ANY_CODEC, 0, 0)
+    return size_bytes > plausible_max_bytes(duration_s, audio.codec, audio.sample_rate, audio.channels)
+
+
+def _whole_allowed(duration_s: float, size_bytes: int | None, audio: AudioInfo | None) -> bool:
+    if size_bytes is None:
+        return True
+    return size_bytes <= DEEPGRAM_MAX_BYTES and not _header_may_lie(duration_s, size_bytes, audio)
 
 
 def estimate_finish_s(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
@@ -288,7 +335,7 @@ def _whole(chunks: Sequence[ChunkSpec]) -> list[PlannedChunk]:
 
 
 def _choose(
-    chunks: Sequence[ChunkSpec], options: PlannerOptions, method: Method, deadline_s: float, size_bytes: int | None
+    chunks: Sequence[ChunkSpec], options: PlannerOptions, method: Method, deadline_s: float, whole_allowed: bool
 ) -> tuple[list[PlannedChunk], Method]:
     if not chunks:
         raise ValueError("no chunks to plan")
@@ -306,7 +353,7 @@ def _choose(
         candidates = list(range(1, n))
     else:
         candidates = list(range(n + 1))
-    if n > 1 and effective != "hybrid" and (size_bytes is None or size_bytes <= DEEPGRAM_MAX_BYTES):
+    if n > 1 and effective != "hybrid" and whole_allowed:
         candidates.append(None)
     scored: list[tuple[float, float, int | None]] = []
     for k in candidates:

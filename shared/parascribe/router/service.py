@@ -136,7 +136,8 @@ class Router:
         audio = probe(self._store, source, s.max_audio_minutes * 60.0)
         requested: Method = upload.method or s.transcription_method
         deadline_minutes = upload.deadline_minutes or s.default_deadline_minutes
-        plan = make_plan(audio.duration_s, self._planner, requested, deadline_minutes * 60.0, size_bytes=source.size)
+        plan = make_plan(audio.duration_s, self._planner, requested, deadline_minutes * 60.0, size_bytes=source.size,
+                         audio=audio)
         paths = [c.path for c in plan.chunks]
         log.info(
             "planned %s: %.1f s in %d chunks (gpu %d, deepgram %d%s), method %s (asked %s), "
@@ -159,7 +160,7 @@ class Router:
         )
 
     def _publish(self, manifest: JobManifest) -> None:
-        whole = is_whole_file(manifest.chunks)
+        whole = is_whole_file(manifest.chunks, manifest.audio, manifest.source.size)
         for planned in manifest.chunks:
             task = ChunkTask(
                 job_id=manifest.job_id,
