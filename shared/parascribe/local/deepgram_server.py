@@ -45,6 +45,7 @@ from parascribe.local.deepgram_response import build_response
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8787
+_ENGINE_KEY = "parascribe.engine"
 MAX_BODY_BYTES = 2 << 30
 _URL_FETCH_TIMEOUT_S = 120.0
 
@@ -118,6 +119,11 @@ class _LockedEngine:
         with self._lock:
             return self._engine.transcribe([AudioChunk(key=key, samples=samples, offset_s=0.0)])[0].words
 
+    def close(self) -> None:
+        """Release the model now, on this thread, rather than at interpreter exit (CTranslate2 aborts then)."""
+        with self._lock:
+            self._engine.close()
+
 
 def _default_engine() -> AsrEngine:
     from parascribe.engines.offline import OfflineEngine
@@ -130,6 +136,7 @@ def create_app(engine: AsrEngine | None = None, api_key: str | None = None) -> F
     app = Flask("deepgram_server")
     state = ServerState(api_key=api_key or None)
     locked = _LockedEngine(engine if engine is not None else _default_engine())
+    app.extensions[_ENGINE_KEY] = locked
     app.config["DEEPGRAM_STATE"] = state
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
@@ -271,6 +278,7 @@ class RunningServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        self.app.extensions[_ENGINE_KEY].close()
 
     def __enter__(self) -> RunningServer:
         return self
