@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from parascribe.errors import BadAudioError
+from parascribe.errors import BadAudioError, ConfigError
 from parascribe.gcp.storage import Blob, BlobStore, GcsStore, ObjectInfo
 from tests.fakes import MemoryStore
 
@@ -301,3 +301,13 @@ def test_gcs_signed_urls_serve_the_object_and_pin_its_generation(store: GcsStore
     resp = httpx.get(store.signed_url(bucket, "a b/c.wav", timedelta(minutes=5), str(live)))
     assert (resp.status_code, resp.content) == (200, b"second take")
     assert httpx.get(store.signed_url(bucket, "a b/c.wav", timedelta(minutes=5), str(old))).status_code == 404
+
+
+@pytest.mark.integration
+def test_a_missing_bucket_is_a_setting_to_fix_not_a_bad_upload(store: GcsStore) -> None:
+    """A wrong BUCKET_PREFIX must be retried until someone fixes it, never fail users' jobs as bad audio."""
+    missing = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    for call in (lambda: store.read_range(missing, "a.wav", 0, 10), lambda: store.list(missing, "jobs/"),
+                 lambda: store.write(missing, "x.json", b"{}"), lambda: store.download_to(missing, "a.wav", Path("/tmp/x"))):
+        with pytest.raises(ConfigError, match=f"bucket {missing} does not exist"):
+            call()

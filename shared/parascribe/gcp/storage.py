@@ -20,7 +20,7 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Signing
 
-from parascribe.errors import BadAudioError, PermanentError, TransientError
+from parascribe.errors import BadAudioError, ConfigError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,21 @@ class GcsStore:
         return self._client
 
     def _blob(self, bucket: str, name: str, generation: str | int | None = None) -> storage.Blob:
-        gen = int(generation) if generation not in (None, "") else None
+        try:
+            gen = int(generation) if generation not in (None, "") else None
+        except ValueError:
+            raise PermanentError(f"gs://{bucket}/{name}: generation {generation!r} is not a number") from None
         return self._client.bucket(bucket).blob(name, generation=gen)
+
+    def _missing(self, bucket: str, name: str) -> Exception:
+        """The error for an object that is not there: gone (permanent), or its whole bucket missing (a setting)."""
+        try:
+            exists = self._client.lookup_bucket(bucket) is not None
+        except _TRANSIENT as err:
+            return TransientError(f"checking bucket {bucket}: {err}")
+        if not exists:
+            return _no_bucket(bucket)
+        return BadAudioError(f"gs://{bucket}/{name} no longer exists (deleted or overwritten)")
 
     def read(self, bucket: str, name: str) -> Blob | None:
         blob = self._client.bucket(bucket).blob(name)
@@ -128,7 +141,7 @@ class GcsStore:
         try:
             return self._blob(bucket, name, generation).download_as_bytes(start=start, end=end - 1)
         except gexc.NotFound:
-            raise BadAudioError(f"gs://{bucket}/{name} no longer exists (deleted or overwritten)") from None
+            raise self._missing(bucket, name) from None
         except gexc.RequestRangeNotSatisfiable:
             return b""
         except _TRANSIENT as err:
@@ -165,6 +178,8 @@ class GcsStore:
             blob.upload_from_string(data, content_type=content_type, if_generation_match=if_generation_match)
         except gexc.PreconditionFailed:
             return None
+        except gexc.NotFound:
+            raise _no_bucket(bucket) from None
         except _TRANSIENT as err:
             raise TransientError(f"writing gs://{bucket}/{name}: {err}") from err
         except gexc.ClientError as err:
@@ -177,6 +192,8 @@ class GcsStore:
     def list(self, bucket: str, prefix: str) -> list[str]:
         try:
             return [b.name for b in self._client.list_blobs(bucket, prefix=prefix)]
+        except gexc.NotFound:
+            raise _no_bucket(bucket) from None
         except _TRANSIENT as err:
             raise TransientError(f"listing gs://{bucket}/{prefix}: {err}") from err
 
@@ -192,7 +209,7 @@ class GcsStore:
         try:
             self._blob(bucket, name, generation).download_to_filename(str(dest))
         except gexc.NotFound:
-            raise BadAudioError(f"gs://{bucket}/{name} no longer exists (deleted or overwritten)") from None
+            raise self._missing(bucket, name) from None
         except _TRANSIENT as err:
             raise TransientError(f"downloading gs://{bucket}/{name}: {err}") from err
 
@@ -228,6 +245,11 @@ class GcsStore:
             version="v4", expiration=expires, method="GET", generation=gen,
             service_account_email=getattr(credentials, "service_account_email", None), access_token=token,
         ))
+
+
+def _no_bucket(bucket: str) -> ConfigError:
+    return ConfigError(f"bucket {bucket} does not exist: check GCP_PROJECT and BUCKET_PREFIX "
+                       "(and that the infrastructure is deployed)")
 
 
 def _endpoint(emulator_host: str) -> str:
