@@ -44,7 +44,9 @@ class Subscription:
 
 SUBSCRIPTIONS: tuple[Subscription, ...] = (
     Subscription(SUB_ROUTER, TOPIC_AUDIO_UPLOADED, "/", "router"),
-    Subscription(SUB_ASR_GPU, TOPIC_ASR_GPU, None, "asr_worker", ack_deadline_s=600),
+    # Streaming pull extends each lease itself, so a short deadline costs nothing while the worker lives and
+    # brings a dead worker's chunks back within a minute (the client asks the same of its stream).
+    Subscription(SUB_ASR_GPU, TOPIC_ASR_GPU, None, "asr_worker", ack_deadline_s=60),
     # Deepgram auth errors are nacked until someone fixes the key: 100 attempts at up to 600 s apart keep a
     # chunk about 16 hours before it is dead-lettered; the sweeper ends its job at the deadline plus grace.
     Subscription(SUB_ASR_DEEPGRAM, TOPIC_ASR_DEEPGRAM, "/pubsub", "deepgram_worker", ack_deadline_s=600,

@@ -33,6 +33,12 @@ from parascribe.config import Settings, load_settings
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+LOCAL_PUSH_ACK_DEADLINE_S = 90
+"""Push deadlines on the local stack: what its handlers need (a local Deepgram request takes seconds)."""
+LOCAL_PULL_ACK_DEADLINE_S = 10
+"""Pull deadlines on the local stack. The client extends each lease while its worker lives, so this only
+decides how soon a dead worker's messages come back; with 60 s the emulator (0.8.20) was seen to hand
+back only some of them within minutes, with 10 s all of them after 10 s."""
 
 
 def free_port() -> int:
@@ -214,10 +220,13 @@ def provision(settings: Settings, push_endpoints: dict[str, str] | None = None) 
             with contextlib.suppress(gexc.AlreadyExists):
                 publisher.create_topic(name=names.topic_path(settings.gcp_project, topic))
         for sub in names.SUBSCRIPTIONS:
+            base = (push_endpoints or {}).get(sub.service)
+            pushed_to = base if base and sub.push_path else None
             request: dict[str, object] = {
                 "name": names.subscription_path(settings.gcp_project, sub.name),
                 "topic": names.topic_path(settings.gcp_project, sub.topic),
-                "ack_deadline_seconds": min(sub.ack_deadline_s, 600),
+                "ack_deadline_seconds": LOCAL_PULL_ACK_DEADLINE_S if pushed_to is None
+                else min(sub.ack_deadline_s, LOCAL_PUSH_ACK_DEADLINE_S),
                 "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
             }
             if sub.dead_letter:
@@ -225,7 +234,6 @@ def provision(settings: Settings, push_endpoints: dict[str, str] | None = None) 
                     "dead_letter_topic": names.topic_path(settings.gcp_project, names.TOPIC_DEAD_LETTER),
                     "max_delivery_attempts": sub.max_delivery_attempts,
                 }
-            base = (push_endpoints or {}).get(sub.service)
             if base and sub.push_path:
                 request["push_config"] = {"push_endpoint": base.rstrip("/") + sub.push_path}
             try:

@@ -8,7 +8,9 @@ are needed, and the four services, then watches them, as Cloud Run would:
   and restarted on the same port, after 1, 2, 4 … up to 30 s; the backoff resets once
   it has run for a minute;
 - an emulator that exits is not restarted (its data lived in memory): the stack
-  reports it ``down`` and every CLI command says how to start afresh.
+  reports it ``down`` and every CLI command says how to start afresh;
+- each push service sits behind a :class:`~parascribe.local.front_door.FrontDoor` on its
+  public port, which holds pushes while the service restarts, as Cloud Run's front end does.
 
 What runs, with its pid, state and restart count, is written to
 ``$PARASCRIBE_HOME/stack.json`` after every change, for ``parascribe status``.
@@ -31,7 +33,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from parascribe.local.emulators import LOOPBACK, Emulators, _spawn, free_port, provision, stop_group, wait_http
+from parascribe import names
+from parascribe.local.emulators import (
+    LOCAL_PUSH_ACK_DEADLINE_S,
+    LOOPBACK,
+    Emulators,
+    _spawn,
+    free_port,
+    provision,
+    stop_group,
+    wait_http,
+)
+from parascribe.local.front_door import FrontDoor
 from parascribe.local.stack import SERVICES, PartState, StackState, process_alive, repo_root
 
 log = logging.getLogger("parascribe.local.supervisor")
@@ -68,6 +81,8 @@ class Supervisor:
         self._parts: dict[str, _Part] = {}
         self._state: StackState | None = None
         self._halt = threading.Event()
+        self._doors: list[FrontDoor] = []
+        self._inner_ports: dict[str, int] = {}
 
     # --- start ---
     def start(self) -> StackState:
@@ -114,11 +129,19 @@ class Supervisor:
             env["CONVEX_WEBHOOK_URL"] = state.env["CONVEX_WEBHOOK_URL"] = f"http://{LOOPBACK}:{port}/parascribe/webhook"
             env["CONVEX_WEBHOOK_SECRET"] = state.webhook_secret
 
+        pushed = [s for s in SERVICES if s != "asr_worker"]
         for service in SERVICES:
             state.ports[service] = free_port()
-        provision(self._emu.settings(), push_endpoints={s: state.url(s) for s in SERVICES if s != "asr_worker"})
+        for service in pushed:
+            inner = free_port()
+            deadline = min(LOCAL_PUSH_ACK_DEADLINE_S, max(sub.ack_deadline_s for sub in names.SUBSCRIPTIONS
+                                                          if sub.service == service)) - 5
+            self._doors.append(FrontDoor(LOOPBACK, state.ports[service], f"http://{LOOPBACK}:{inner}",
+                                         deadline).start())
+            self._inner_ports[service] = inner
+        provision(self._emu.settings(), push_endpoints={s: state.url(s) for s in pushed})
         for service in SERVICES:
-            port = state.ports[service]
+            port = self._inner_ports.get(service, state.ports[service])
             self._launch(service, _service_cmd(root, service, port), {**env, "PORT": str(port)},
                          _health_url(service, port), wait=False)
         for service in SERVICES:
@@ -199,6 +222,8 @@ class Supervisor:
             part = self._parts.get(name)
             if part is not None and part.proc is not None:
                 stop_group(part.proc.pid)
+        for door in self._doors:
+            door.stop()
         self._emu.stop()
         (self._home / "stack.json").unlink(missing_ok=True)
 
