@@ -216,7 +216,8 @@ def test_service_entry_point(settings: Settings, store: GcsStore, receiver: Rece
         client = module.app.test_client()
     assert client.get("/healthz").status_code == 200
     swept = client.post("/sweep").get_json()
-    assert set(swept) == {"checked", "closed", "resumed", "finalised", "failed", "errors"} and swept["errors"] == 0
+    assert set(swept) == {"checked", "closed", "resumed", "webhooks_resent", "finalised", "failed", "errors"}
+    assert swept["errors"] == 0
     jobs = JobStore(store, settings.state_bucket)
     job = Job(jobs, n_chunks=1, name="entry.wav")
     envelope = {"message": {"data": base64.b64encode(job.results[0].to_bytes()).decode(), "messageId": "1",

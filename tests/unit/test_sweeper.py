@@ -6,8 +6,9 @@ from datetime import datetime, timedelta
 
 from parascribe import metric_names as mn
 from parascribe.contracts import FinalOutcome, utcnow
-from parascribe.merger.sweeper import Sweeper
+from parascribe.merger.sweeper import WEBHOOK_GIVE_UP_S, WEBHOOK_RETRY_EVERY_S, Sweeper
 from tests.unit.test_merger import Job, Rig
+from tests.unit.test_webhook import Receiver, webhook_rig
 
 GRACE_S = 600.0
 
@@ -84,3 +85,41 @@ def test_sweeping_refreshes_throttled_progress_and_repeats_harmlessly() -> None:
     rig.push(job.results[3])
     assert rig.status(job.job_id).state == "done" and rig.exporter.total(mn.JOBS) == 1
     assert rig.jobs.open_jobs() == []
+
+
+def test_a_webhook_that_failed_is_sent_again_once_the_receiver_is_back() -> None:
+    receiver = Receiver(script=[503, 503])
+    try:
+        rig = webhook_rig(receiver.url, attempts=2)
+        clock = Clock()
+        sweeper = Sweeper(rig.merger, rig.jobs, grace_s=GRACE_S, clock=clock)
+        job = Job(rig.jobs, n_chunks=1)
+        rig.jobs.mark_open(job.job_id)
+        rig.push(job.results[0])
+        assert rig.status(job.job_id).webhook.state == "webhook_failed"
+        assert rig.jobs.open_jobs() == [job.job_id], "kept open so the webhook is sent again"
+        assert sweeper.sweep().webhooks_resent == 0, "not before WEBHOOK_RETRY_EVERY_S"
+        clock.now += timedelta(seconds=WEBHOOK_RETRY_EVERY_S + 1)
+        assert sweeper.sweep().webhooks_resent == 1
+    finally:
+        receiver.close()
+    status = rig.status(job.job_id)
+    assert status.webhook.state == "delivered" and len(receiver.requests) == 3
+    assert rig.jobs.open_jobs() == [] and rig.exporter.total(mn.JOBS) == 1
+
+
+def test_a_webhook_is_given_up_a_day_after_the_job_ended() -> None:
+    receiver = Receiver(script=[503] * 10)
+    try:
+        rig = webhook_rig(receiver.url, attempts=1)
+        clock = Clock()
+        sweeper = Sweeper(rig.merger, rig.jobs, grace_s=GRACE_S, clock=clock)
+        job = Job(rig.jobs, n_chunks=1)
+        rig.jobs.mark_open(job.job_id)
+        rig.push(job.results[0])
+        clock.now += timedelta(seconds=WEBHOOK_GIVE_UP_S + 1)
+        report = sweeper.sweep()
+    finally:
+        receiver.close()
+    assert (report.closed, report.webhooks_resent) == (1, 0) and rig.jobs.open_jobs() == []
+    assert rig.status(job.job_id).webhook.state == "webhook_failed" and len(receiver.requests) == 1

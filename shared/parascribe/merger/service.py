@@ -261,9 +261,17 @@ class Merger:
 
         status = self._jobs.update_status(outcome.job_id, change)
         assert status is not None
-        self._notifier.notify(status)
+        webhook = self._notifier.notify(status)
         self._record_metrics(status, results)
-        self._jobs.close(outcome.job_id)
+        if webhook.state != "webhook_failed":  # else the sweeper keeps it open and sends the webhook again
+            self._jobs.close(outcome.job_id)
+
+    def resend_webhook(self, status: JobStatus) -> bool:
+        """Send a finished job's webhook again (the sweeper, after the receiver was down); True when delivered."""
+        if self._notifier.notify(status).state == "webhook_failed":
+            return False
+        self._jobs.close(status.job_id)
+        return True
 
     def finish_claimed(self, job_id: str, lease_s: float = CLAIM_LEASE_S) -> bool:
         """Make sure a claimed job gets finished.

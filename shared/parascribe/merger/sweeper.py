@@ -4,6 +4,8 @@ It walks the open-job index (``open/<job_id>`` in the state bucket, written by t
 router, removed when a job is finished) and, for each job:
 
 - finished (final status, webhook settled): closes it in the index;
+- finished but its webhook failed (the receiver was down): sends it again every
+  :data:`WEBHOOK_RETRY_EVERY_S`, for up to :data:`WEBHOOK_GIVE_UP_S`, then closes it;
 - claimed but not finished, with the claim's lease run out: completes it from the claim;
 - every chunk stored but never finalised (the last result's merger died): finalises it;
 - past the later of its deadline and the planner's estimate, plus ``SWEEP_GRACE_MINUTES``:
@@ -23,12 +25,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from parascribe.contracts import utcnow
+from parascribe.contracts import JobStatus, utcnow
 from parascribe.errors import TransientError
 from parascribe.jobs import JobStore
 from parascribe.merger.service import Merger, is_finished
 
 log = logging.getLogger(__name__)
+
+WEBHOOK_RETRY_EVERY_S = 300.0
+WEBHOOK_GIVE_UP_S = 86_400.0
 
 
 @dataclass
@@ -38,6 +43,7 @@ class SweepReport:
     checked: int = 0
     closed: int = 0
     resumed: int = 0
+    webhooks_resent: int = 0
     finalised: int = 0
     failed: int = 0
     errors: int = 0
@@ -75,6 +81,9 @@ class Sweeper:
 
     def _sweep_one(self, job_id: str, report: SweepReport) -> None:
         status = self._jobs.status(job_id)
+        if status is not None and status.final and status.webhook.state == "webhook_failed":
+            self._resend(status, report)
+            return
         if is_finished(status):
             self._jobs.close(job_id)
             report.closed += 1
@@ -110,6 +119,19 @@ class Sweeper:
             report.failed += 1
         elif manifest is not None and (status is None or status.chunks_done < len(stored)):
             self._merger.record_progress(manifest, len(stored))
+
+    def _resend(self, status: JobStatus, report: SweepReport) -> None:
+        now = self._clock()
+        if status.finished_at is not None and (now - status.finished_at).total_seconds() > WEBHOOK_GIVE_UP_S:
+            log.error("giving up on the webhook of job %s after %.0f h; `parascribe webhook redeliver %s` sends it",
+                      status.job_id, WEBHOOK_GIVE_UP_S / 3600, status.job_id, extra={"job_id": status.job_id})
+            self._jobs.close(status.job_id)
+            report.closed += 1
+            return
+        if (now - status.updated_at).total_seconds() < WEBHOOK_RETRY_EVERY_S:
+            return
+        if self._merger.resend_webhook(status):
+            report.webhooks_resent += 1
 
     # --- the local timer ---
     def start_timer(self, interval_s: float) -> None:
