@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     convex_webhook_secret: SecretStr | None = None
     webhook_max_attempts: int = Field(5, ge=1, le=20)
     webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_resend_seconds: float = Field(300.0, gt=0)
+    """How often the sweeper sends a webhook that failed again (for a day)."""
 
     # --- metrics and prices (USD) ---
     metrics_exporter: Literal["cloud", "local", "none"] = "local"

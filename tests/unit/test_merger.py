@@ -463,3 +463,15 @@ def test_a_failure_for_a_job_that_never_existed_creates_nothing() -> None:
     rig.push(JobFailed(job_id=stranger, reason="a chunk task for this job could not be read"))
     assert rig.jobs.status(stranger) is None and rig.jobs.final_outcome(stranger) is None
     assert rig.exporter.records == []
+
+
+def test_a_job_the_router_already_failed_keeps_the_moment_it_ended() -> None:
+    rig = Rig()
+    source = SourceRef(bucket="uploads", name="notes.mp3", generation="5", size=10)
+    ended = utcnow() - timedelta(seconds=30)
+    rig.jobs.update_status(source.job_id, lambda _: JobStatus(job_id=source.job_id, state="failed", reason="text",
+                                                             source=source, finished_at=ended))
+    rig.push(JobFailed(job_id=source.job_id, reason="text", source=source))
+    status = rig.status(source.job_id)
+    assert status.state == "failed" and status.finished_at == ended
+    assert rig.exporter.total(mn.JOBS, status="failed") == 1

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # The client stops extending a message's deadline after this long; it is then redelivered.
 MAX_LEASE_S = 3600
+LEASE_EXTENSION_S = 20
+"""Each lease extension is at most this long, so the chunks of a worker that died come back to another
+within about this long, instead of after the up-to-10-minute extensions the client would otherwise send."""
 _POLL_S = 0.2
 
 
@@ -213,7 +216,8 @@ class AsrWorker:
             if self._subscriber is None:
                 self._subscriber = pubsub_v1.SubscriberClient()
             sub_path = names.subscription_path(self._settings.gcp_project, names.SUB_ASR_GPU)
-            flow = pubsub_v1.types.FlowControl(max_messages=2 * self._batch_size, max_lease_duration=MAX_LEASE_S)
+            flow = pubsub_v1.types.FlowControl(max_messages=2 * self._batch_size, max_lease_duration=MAX_LEASE_S,
+                                               max_duration_per_lease_extension=LEASE_EXTENSION_S)
             self._pull_future = self._subscriber.subscribe(sub_path, callback=self._callback, flow_control=flow)
             self._pull_future.add_done_callback(self._on_pull_done)
             log.info("pulling %s in batches of up to %d (linger %d ms), engine %s", sub_path, self._batch_size,

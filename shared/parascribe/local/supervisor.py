@@ -264,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds each part may take to start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # every proxied push and health check otherwise
     supervisor = Supervisor(args.home.resolve(), args.timeout)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -36,7 +36,8 @@ def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushSe
     dead_letters = DeadLetters(merger, jobs, publisher, uploads_bucket=settings.uploads_bucket,
                                enable_fallback=settings.enable_fallback)
     app = create_push_app(SERVICE, {"/pubsub": merger.handle_results, "/dead-letter": dead_letters.handle})
-    sweeper = Sweeper(merger, jobs, grace_s=settings.sweep_grace_minutes * 60.0)
+    sweeper = Sweeper(merger, jobs, grace_s=settings.sweep_grace_minutes * 60.0,
+                      webhook_resend_s=settings.webhook_resend_seconds)
 
     @app.post("/sweep")
     def sweep() -> Response:

@@ -256,7 +256,10 @@ class Merger:
             status.source = status.source or outcome.source
             status.chunks_done = max(status.chunks_done, outcome.chunks_done)
             status.chunks_total = outcome.chunks_total or status.chunks_total
-            status.finished_at = outcome.finished_at
+            # A status the router already failed keeps the moment it ended: one job, one end.
+            ended_at = current.finished_at if current is not None and current.final and \
+                current.state == outcome.state else None
+            status.finished_at = ended_at or outcome.finished_at
             return status
 
         status = self._jobs.update_status(outcome.job_id, change)

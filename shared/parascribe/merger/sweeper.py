@@ -5,7 +5,7 @@ router, removed when a job is finished) and, for each job:
 
 - finished (final status, webhook settled): closes it in the index;
 - finished but its webhook failed (the receiver was down): sends it again every
-  :data:`WEBHOOK_RETRY_EVERY_S`, for up to :data:`WEBHOOK_GIVE_UP_S`, then closes it;
+  ``WEBHOOK_RESEND_SECONDS`` (:data:`WEBHOOK_RETRY_EVERY_S`), for up to :data:`WEBHOOK_GIVE_UP_S`, then closes it;
 - claimed but not finished, with the claim's lease run out: completes it from the claim;
 - every chunk stored but never finalised (the last result's merger died): finalises it;
 - past the later of its deadline and the planner's estimate, plus ``SWEEP_GRACE_MINUTES``:
@@ -33,6 +33,7 @@ from parascribe.merger.service import Merger, is_finished
 log = logging.getLogger(__name__)
 
 WEBHOOK_RETRY_EVERY_S = 300.0
+"""Default of ``WEBHOOK_RESEND_SECONDS``."""
 WEBHOOK_GIVE_UP_S = 86_400.0
 
 
@@ -56,7 +57,8 @@ class Sweeper:
     """Resumes or ends jobs that nothing else will move on."""
 
     def __init__(self, merger: Merger, jobs: JobStore, *, grace_s: float,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 webhook_resend_s: float = WEBHOOK_RETRY_EVERY_S, clock: Callable[[], datetime] = utcnow) -> None:
+        self._webhook_resend_s = webhook_resend_s
         self._merger = merger
         self._jobs = jobs
         self._grace_s = grace_s
@@ -128,7 +130,7 @@ class Sweeper:
             self._jobs.close(status.job_id)
             report.closed += 1
             return
-        if (now - status.updated_at).total_seconds() < WEBHOOK_RETRY_EVERY_S:
+        if (now - status.updated_at).total_seconds() < self._webhook_resend_s:
             return
         if self._merger.resend_webhook(status):
             report.webhooks_resent += 1
