@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from parascribe import metric_names as mn
-from parascribe.contracts import FinalOutcome, utcnow
+from parascribe.contracts import FinalOutcome, JobFailed, SourceRef, utcnow
 from parascribe.merger.sweeper import WEBHOOK_GIVE_UP_S, WEBHOOK_RETRY_EVERY_S, Sweeper
 from tests.unit.test_merger import Job, Rig
 from tests.unit.test_webhook import Receiver, webhook_rig
@@ -123,3 +123,19 @@ def test_a_webhook_is_given_up_a_day_after_the_job_ended() -> None:
         receiver.close()
     assert (report.closed, report.webhooks_resent) == (1, 0) and rig.jobs.open_jobs() == []
     assert rig.status(job.job_id).webhook.state == "webhook_failed" and len(receiver.requests) == 1
+
+
+def test_the_webhook_of_a_job_the_router_rejected_is_sent_again_too() -> None:
+    receiver = Receiver(script=[503])
+    try:
+        rig = webhook_rig(receiver.url, attempts=1)
+        clock = Clock()
+        sweeper = Sweeper(rig.merger, rig.jobs, grace_s=GRACE_S, webhook_resend_s=60, clock=clock)
+        source = SourceRef(bucket="uploads", name="empty.wav", generation="9", size=0)
+        rig.push(JobFailed(job_id=source.job_id, reason="the uploaded object is empty", source=source))
+        assert rig.jobs.open_jobs() == [source.job_id]
+        clock.now += timedelta(seconds=61)
+        assert sweeper.sweep().webhooks_resent == 1
+    finally:
+        receiver.close()
+    assert rig.status(source.job_id).webhook.state == "delivered" and rig.jobs.open_jobs() == []

@@ -266,7 +266,9 @@ class Merger:
         assert status is not None
         webhook = self._notifier.notify(status)
         self._record_metrics(status, results)
-        if webhook.state != "webhook_failed":  # else the sweeper keeps it open and sends the webhook again
+        if webhook.state == "webhook_failed":  # the sweeper watches it and sends the webhook again
+            self._jobs.mark_open(outcome.job_id)  # a job the router rejected was never in the index
+        else:
             self._jobs.close(outcome.job_id)
 
     def resend_webhook(self, status: JobStatus) -> bool:
