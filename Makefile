@@ -70,6 +70,11 @@ bench: setup  ## all benchmarks
 	$(PY) bench/attention_crossover.py
 	$(PY) bench/engine_memory.py
 	$(PY) bench/stitch_speed.py
+	$(PY) bench/status_writes.py
+	$(PY) bench/pipeline_load.py
+
+bench-load: setup  ## the load and fault run: 200 uploads, SIGKILLs, bad inputs, a 60-minute file (about 30 min)
+	$(PY) bench/pipeline_load.py
 
 infra-names: setup  ## regenerate infra/names.auto.tfvars.json from shared/parascribe/names.py
 	$(PY) infra/scripts/gen_names.py
@@ -83,4 +88,4 @@ infra-check:  ## terraform formatting (validate/plan need the provider and crede
 clean: down  ## remove local state (keeps the virtualenv)
 	rm -rf .parascribe .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps setup convex-deps test test-unit up down demo bench-quick bench clean infra-names router-zip infra-check
+.PHONY: help system-deps setup convex-deps test test-unit up down demo bench-quick bench bench-load clean infra-names router-zip infra-check
