@@ -113,6 +113,7 @@ def clips(folder: Path, count: int, seed: int = 0) -> list[Clip]:
 
 def long_clip(folder: Path, minutes: float) -> Clip:
     """About ``minutes`` of speech with pauses, as one wav (the 1-hour overhead measurement)."""
+    folder.mkdir(parents=True, exist_ok=True)
     base = speak(" ".join(SENTENCES), folder / "long-base.wav")
     speech, _ = sf.read(str(base), dtype="float32")
     pause = np.zeros(SAMPLE_RATE * 2, dtype=np.float32)
