@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
 import json
 import os
 import signal
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from google.api_core.exceptions import NotFound
 
 from parascribe import names
 from parascribe.asr.worker import AsrWorker, Outcome
@@ -516,27 +517,38 @@ def test_stop_finishes_the_batch_in_hand_and_nacks_the_queue(
 # --- Pub/Sub wiring, health, signals ---
 
 
-class FakeMessage:
-    def __init__(self, msg: Message, settled: list[tuple[str, str]]) -> None:
-        self.message_id, self.data, self.attributes = msg.message_id, msg.data, {"k": "v"}
-        self.delivery_attempt = 1
-        self._settled = settled
-
-    def ack(self) -> None:
-        self._settled.append((self.message_id, "ack"))
-
-    def nack(self) -> None:
-        self._settled.append((self.message_id, "nack"))
-
-
 class FakeSubscriber:
-    def __init__(self) -> None:
-        self.future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self.subscribed: tuple[str, Any, Any] | None = None
+    """Speaks the unary-pull calls the worker makes; ``fail_with`` makes the next pull fail for good."""
 
-    def subscribe(self, path: str, callback: Any, flow_control: Any) -> concurrent.futures.Future[None]:
-        self.subscribed = (path, callback, flow_control)
-        return self.future
+    def __init__(self) -> None:
+        self.inbox: list[Any] = []
+        self.pulled_from: set[str] = set()
+        self.acked: list[str] = []
+        self.deadlines: list[tuple[list[str], int]] = []
+        self.fail_with: Exception | None = None
+        self._lock = threading.Lock()
+
+    def put(self, msg: Message, ack_id: str) -> None:
+        received = types.SimpleNamespace(ack_id=ack_id, delivery_attempt=1, message=types.SimpleNamespace(
+            data=msg.data, attributes={"k": "v"}, message_id=msg.message_id))
+        with self._lock:
+            self.inbox.append(received)
+
+    def pull(self, request: dict[str, Any], timeout: float) -> Any:
+        self.pulled_from.add(request["subscription"])
+        if self.fail_with is not None:
+            raise self.fail_with
+        with self._lock:
+            batch, self.inbox = self.inbox[: request["max_messages"]], self.inbox[request["max_messages"]:]
+        if not batch:
+            time.sleep(0.02)
+        return types.SimpleNamespace(received_messages=batch)
+
+    def acknowledge(self, request: dict[str, Any]) -> None:
+        self.acked.extend(request["ack_ids"])
+
+    def modify_ack_deadline(self, request: dict[str, Any]) -> None:
+        self.deadlines.append((list(request["ack_ids"]), request["ack_deadline_seconds"]))
 
 
 def get_health(port: int) -> tuple[int, str]:
@@ -547,24 +559,33 @@ def get_health(port: int) -> tuple[int, str]:
         return err.code, err.read().decode()
 
 
-def test_streaming_pull_health_and_failure(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
+def test_pull_health_and_failure(make_worker: Any, pub: RecordingPublisher, source: SourceRef) -> None:
     sub = FakeSubscriber()
-    settled: list[tuple[str, str]] = []
     worker = make_worker(FakeEngine(), subscriber=sub, health_port=0, gpu_batch_size=5, gpu_batch_linger_ms=0)
     worker.start()
-    assert sub.subscribed is not None
-    path, callback, flow = sub.subscribed
-    assert path == f"projects/parascribe-local/subscriptions/{names.SUB_ASR_GPU}"
-    assert flow.max_messages == 10 and flow.max_lease_duration >= 600
+    wait_for(lambda: sub.pulled_from == {f"projects/parascribe-local/subscriptions/{names.SUB_ASR_GPU}"})
     assert get_health(worker.health_port) == (200, "ok")
 
-    callback(FakeMessage(inbound(tasks_for(source, 1))[0], settled))
-    wait_for(lambda: settled == [("mjtest-0", "ack")])
+    sub.put(inbound(tasks_for(source, 1))[0], "ack-1")
+    wait_for(lambda: sub.acked == ["ack-1"])
     assert len(results(pub)) == 1
 
-    sub.future.set_exception(RuntimeError("subscription deleted"))
-    status, _ = get_health(worker.health_port)
-    assert status == 503
+    sub.fail_with = NotFound("subscription deleted")
+    wait_for(lambda: get_health(worker.health_port)[0] == 503)
+
+
+def test_a_message_nacked_at_stop_gets_a_zero_deadline(make_worker: Any, source: SourceRef) -> None:
+    sub = FakeSubscriber()
+    engine = FakeEngine(delay_s=1.0)
+    worker = make_worker(engine, subscriber=sub, gpu_batch_size=1, gpu_batch_linger_ms=0)
+    worker.start()
+    for i, msg in enumerate(inbound(tasks_for(source, 3))):
+        sub.put(msg, f"ack-{i}")
+    wait_for(lambda: len(engine.calls) == 1)
+    worker.stop(timeout_s=10)
+    assert sub.acked == ["ack-0"], "the batch in hand finishes"
+    assert [ids for ids, seconds in sub.deadlines if seconds == 0] == [["ack-1"]], "the queued one is nacked"
+    assert [m.ack_id for m in sub.inbox] == ["ack-2"], "at most 2 × GPU_BATCH_SIZE messages are leased at once"
 
 
 def test_degraded_worker_is_healthy_and_says_so(make_worker: Any) -> None:
@@ -589,7 +610,7 @@ def test_sigterm_stops_gracefully_with_exit_code_zero(make_worker: Any) -> None:
         timer.cancel()
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
-    assert code == 0 and engine.closed and sub.future.cancelled()
+    assert code == 0 and engine.closed and worker.ready is False
 
 
 def test_outcome_is_a_plain_record() -> None:

@@ -1,6 +1,6 @@
-"""The GPU ASR worker: streaming pull from ``asr-gpu``, batched inference on one thread.
+"""The GPU ASR worker: pulls ``asr-gpu`` (:class:`~parascribe.gcp.pull.Puller`), batched inference on one thread.
 
-The Pub/Sub callback only enqueues. One inference thread gathers a batch (up to
+The pull thread only enqueues. One inference thread gathers a batch (up to
 ``GPU_BATCH_SIZE`` messages, or ``GPU_BATCH_LINGER_MS`` after the first) and hands
 it to :class:`~parascribe.asr.batch.BatchProcessor`, which decodes, transcribes,
 recovers and publishes; the thread then acks or nacks each message, so a message
@@ -13,7 +13,6 @@ nacks what was queued and closes the engine.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import signal
@@ -33,22 +32,22 @@ from parascribe.config import Settings
 from parascribe.engines.base import AsrEngine
 from parascribe.errors import EngineUnavailableError
 from parascribe.gcp.pubsub import HealthServer, Message, Publisher
+from parascribe.gcp.pull import Puller
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import EndedJobs
 
 log = logging.getLogger(__name__)
 
-# The client stops extending a message's deadline after this long; it is then redelivered.
 MAX_LEASE_S = 3600
+"""The worker stops extending a message's lease after this long; it is then redelivered."""
 LEASE_EXTENSION_S = 20
-"""Each lease extension is at most this long, so the chunks of a worker that died come back to another
-within about this long, instead of after the up-to-10-minute extensions the client would otherwise send."""
+"""Each lease extension; the chunks of a worker that died come back to another within about this long."""
 _POLL_S = 0.2
 
 
 class Ackable(Protocol):
-    """What the worker needs from a received message: a Pub/Sub ``Message`` has both."""
+    """What the worker needs to settle a received message: a :class:`~parascribe.gcp.pull.Lease` has both."""
 
     def ack(self) -> None: ...
 
@@ -116,7 +115,7 @@ class AsrWorker:
         self._thread: threading.Thread | None = None
         self._subscriber = subscriber
         self._own_subscriber = subscriber is None
-        self._pull_future: Any = None
+        self._puller: Puller | None = None
         self._pull_error: BaseException | None = None
         self._health = HealthServer(health_port, self._health_state, settings.host) if health_port is not None else None
         if engine is None:
@@ -187,15 +186,13 @@ class AsrWorker:
             for pending, outcome in zip(batch, outcomes, strict=True):
                 (pending.handle.ack if outcome.action == "ack" else pending.handle.nack)()
 
-    def _callback(self, message: Any) -> None:
-        self.submit(Message.from_pull(message), message)
 
     # --- life cycle ---
 
     @property
     def ready(self) -> bool:
         """True while the engine is loaded (or the worker forwards everything) and tasks are pulled."""
-        pulling = self._pull_future is None or not self._pull_future.done()
+        pulling = self._puller is None or self._puller.running
         return self._accepting and pulling and not self._halt.is_set()
 
     def _health_state(self) -> tuple[bool, str]:
@@ -206,7 +203,7 @@ class AsrWorker:
         return True, f"degraded: forwarding to Deepgram ({self._batch.unavailable_reason})"
 
     def start(self, pull: bool = True) -> None:
-        """Start the health server, the inference thread and (when ``pull``) the streaming pull."""
+        """Start the health server, the inference thread and (when ``pull``) pulling ``asr-gpu``."""
         if self._health is not None:
             self._health.start()
         self._thread = threading.Thread(target=self._loop, name="asr-inference", daemon=True)
@@ -216,21 +213,16 @@ class AsrWorker:
             if self._subscriber is None:
                 self._subscriber = pubsub_v1.SubscriberClient()
             sub_path = names.subscription_path(self._settings.gcp_project, names.SUB_ASR_GPU)
-            flow = pubsub_v1.types.FlowControl(max_messages=2 * self._batch_size, max_lease_duration=MAX_LEASE_S,
-                                               max_duration_per_lease_extension=LEASE_EXTENSION_S)
-            self._pull_future = self._subscriber.subscribe(sub_path, callback=self._callback, flow_control=flow)
-            self._pull_future.add_done_callback(self._on_pull_done)
+            self._puller = Puller(self._subscriber, sub_path, self.submit, self._on_pull_failed,
+                                  max_outstanding=2 * self._batch_size, lease_s=LEASE_EXTENSION_S,
+                                  max_lease_s=MAX_LEASE_S).start()
             log.info("pulling %s in batches of up to %d (linger %d ms), engine %s", sub_path, self._batch_size,
                      self._settings.gpu_batch_linger_ms, self._batch.engine.name if self._batch.engine else "UNAVAILABLE")
 
-    def _on_pull_done(self, future: Any) -> None:
+    def _on_pull_failed(self, err: BaseException) -> None:
         if self._halt.is_set():
             return
-        try:
-            future.result()
-        except BaseException as err:
-            self._pull_error = err
-            log.error("streaming pull stopped: %s", err)
+        self._pull_error = err
         self._stop_requested.set()
 
     @property
@@ -261,11 +253,9 @@ class AsrWorker:
                 nacked += 1
             except queue.Empty:
                 break
-        # The stream closes last: the client drops acks sent after it has closed.
-        if self._pull_future is not None:
-            self._pull_future.cancel()
-            with contextlib.suppress(BaseException):  # a cancelled future raises; shutdown goes on regardless
-                self._pull_future.result(timeout=timeout_s)
+        # Pulling stops last, so the acks and nacks above still reach Pub/Sub.
+        if self._puller is not None:
+            self._puller.stop(timeout_s)
         if self._subscriber is not None and self._own_subscriber:
             self._subscriber.close()
         self._batch.close()

@@ -86,6 +86,16 @@ class Message:
         )
 
     @classmethod
+    def from_received(cls, received: Any) -> Message:
+        """From a unary pull's ``ReceivedMessage``."""
+        return cls(
+            data=bytes(received.message.data),
+            attributes=dict(received.message.attributes or {}),
+            message_id=str(received.message.message_id),
+            delivery_attempt=received.delivery_attempt or None,
+        )
+
+    @classmethod
     def from_push(cls, body: object) -> Message:
         """From a push request body (``{"message": {...}, "subscription": ...}``).
 
