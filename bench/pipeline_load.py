@@ -270,12 +270,21 @@ def summarise(run: Run, ups: list[Upload], started: float, ended: float) -> dict
         "finished_twice": sum(1 for u in ups if u.changed_after_final or len(final_kinds.get(u.job_id, ())) > 1),
         "webhooks_per_job": {"min": min(per_job, default=0), "max": max(per_job, default=0)},
         "jobs_without_verified_webhook": sum(1 for n in per_job if n == 0),
+        "without_webhook": {u.name: _webhook_state(run, u) for u in ups if verified.get(u.job_id, 0) == 0},
         "latency_s": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95),
                       "p99": percentile(latencies, 99)},
         "jobs_per_s": round(len(finals) / span, 3),
         "audio_s_per_s": round(audio / span, 2),
         "wall_s": round(span, 1),
     }
+
+
+def _webhook_state(run: Run, up: Upload) -> str:
+    status = run.jobs.status(up.job_id)
+    if status is None:
+        return "no status"
+    return f"{status.state}, webhook {status.webhook.state} after {status.webhook.attempts} attempt(s): " \
+           f"{status.webhook.last_error or ''}"[:200]
 
 
 def overhead(run: Run, ups: list[Upload]) -> dict[str, Any]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from parascribe import metric_names as mn
 from parascribe.contracts import FinalOutcome, JobFailed, SourceRef, utcnow
 from parascribe.merger.sweeper import WEBHOOK_GIVE_UP_S, WEBHOOK_RETRY_EVERY_S, Sweeper
+from parascribe.merger.webhook import WebhookNotifier
 from tests.unit.test_merger import Job, Rig
 from tests.unit.test_webhook import Receiver, webhook_rig
 
@@ -139,3 +142,22 @@ def test_the_webhook_of_a_job_the_router_rejected_is_sent_again_too() -> None:
     finally:
         receiver.close()
     assert rig.status(source.job_id).webhook.state == "delivered" and rig.jobs.open_jobs() == []
+
+
+def test_a_rejected_job_whose_merger_died_while_notifying_is_finished_by_the_sweeper() -> None:
+    clock = Clock()
+    rig = Rig(clock=clock)
+    sweeper = Sweeper(rig.merger, rig.jobs, grace_s=GRACE_S, clock=clock)
+    source = SourceRef(bucket="uploads", name="photo.wav", generation="4", size=9)
+
+    def die(status: object) -> None:
+        raise SystemExit("killed while sending the webhook")
+
+    rig.notifier.notify = die  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        rig.push(JobFailed(job_id=source.job_id, reason="the file has no audio stream", source=source))
+    assert rig.jobs.open_jobs() == [source.job_id], "indexed before the claim, so it cannot be forgotten"
+    rig.notifier.notify = WebhookNotifier.notify.__get__(rig.notifier)  # type: ignore[method-assign]
+    clock.now += timedelta(minutes=5)
+    assert sweeper.sweep().resumed == 1
+    assert rig.status(source.job_id).webhook.state == "disabled" and rig.jobs.open_jobs() == []

@@ -237,6 +237,9 @@ class Merger:
         ), results)
 
     def _claim(self, outcome: FinalOutcome, results: list[ChunkResult]) -> None:
+        # In the sweeper's index before the claim, so a claimer that dies half-way is always found, even for
+        # a job the router rejected (never indexed) or one indexed and closed by a racing merger (closed again).
+        self._jobs.mark_open(outcome.job_id)
         if not self._jobs.claim_final(outcome):
             log.info("another merger finalised this job", extra={"job_id": outcome.job_id})
             return
@@ -266,9 +269,7 @@ class Merger:
         assert status is not None
         webhook = self._notifier.notify(status)
         self._record_metrics(status, results)
-        if webhook.state == "webhook_failed":  # the sweeper watches it and sends the webhook again
-            self._jobs.mark_open(outcome.job_id)  # a job the router rejected was never in the index
-        else:
+        if webhook.state != "webhook_failed":  # else the sweeper keeps watching it and sends the webhook again
             self._jobs.close(outcome.job_id)
 
     def resend_webhook(self, status: JobStatus) -> bool:
