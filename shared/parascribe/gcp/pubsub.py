@@ -6,7 +6,8 @@ Every edge maps errors the same way, by type (:func:`parascribe.errors.is_transi
   since the handler has recorded the failure on the job; a transient or unexpected error
   nacks (HTTP 503/500), so Pub/Sub retries and the dead-letter topic catches what never
   succeeds. A body that is not a push envelope is logged and acked.
-- pull: :func:`settle_action` gives the same answer as ack or nack.
+- pull: the ASR worker's batch (:mod:`parascribe.asr.batch`) acks or nacks each message by the
+  same :func:`~parascribe.errors.is_transient`.
 """
 
 from __future__ import annotations
@@ -74,16 +75,6 @@ class Message:
     message_id: str = ""
     delivery_attempt: int | None = None
     subscription: str = ""
-
-    @classmethod
-    def from_pull(cls, message: Any) -> Message:
-        """From a streaming-pull ``pubsub_v1.subscriber.message.Message``."""
-        return cls(
-            data=bytes(message.data),
-            attributes=dict(message.attributes or {}),
-            message_id=str(message.message_id),
-            delivery_attempt=message.delivery_attempt,
-        )
 
     @classmethod
     def from_received(cls, received: Any) -> Message:
