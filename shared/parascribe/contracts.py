@@ -309,6 +309,19 @@ class JobFailed(Contract):
     reason: str
     source: SourceRef | None = None
 
+    @classmethod
+    def unreadable_task(cls, data: bytes, why: str, worker: str) -> JobFailed | None:
+        """The failure of the job a chunk task that ``worker`` cannot read belongs to; None without a job id."""
+        job_id = job_id_of(data)
+        if job_id is None:
+            return None
+        return cls(job_id=job_id, reason=f"a chunk task for this job could not be read ({why}); "
+                                         f"the router and the {worker} may run different releases")
+
+    def attributes(self) -> dict[str, str]:
+        """The Pub/Sub attributes it is published with on ``asr-results``."""
+        return {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": self.job_id}
+
 
 class WebhookState(Value):
     state: Literal["none", "pending", "delivered", "webhook_failed", "disabled"] = "none"

@@ -27,7 +27,6 @@ from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
-    TYPE_JOB_FAILED,
     ChunkResult,
     ChunkTask,
     Contract,
@@ -35,7 +34,6 @@ from parascribe.contracts import (
     JobFailed,
     Word,
     in_span,
-    job_id_of,
     parse,
 )
 from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
@@ -280,16 +278,15 @@ class BatchProcessor:
 
     def _malformed(self, msg: Message, reason: str) -> Outcome:
         """Ack a task that cannot be read; when its job id can, that job fails with the reason."""
-        job_id = job_id_of(msg.data)
-        log.error("dropping malformed message %s: %s", msg.message_id, reason, extra={"job_id": job_id})
-        if job_id is None:
+        failed = JobFailed.unreadable_task(msg.data, reason, "ASR worker")
+        log.error("dropping malformed message %s: %s", msg.message_id, reason,
+                  extra={"job_id": failed.job_id if failed else None})
+        if failed is None:
             return Outcome(msg.message_id, "ack", "malformed", reason=reason)
-        failed = JobFailed(job_id=job_id, reason=f"a chunk task for this job could not be read ({reason}); "
-                                                 "the router and the ASR worker may run different releases")
         try:
-            self._publisher.publish(names.TOPIC_ASR_RESULTS, failed, {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id})
+            self._publisher.publish(names.TOPIC_ASR_RESULTS, failed, failed.attributes())
         except Exception as err:
-            log.warning("publishing the failure of %s failed, will retry: %s", job_id, err)
+            log.warning("publishing the failure of %s failed, will retry: %s", failed.job_id, err)
             return Outcome(msg.message_id, "nack", "retry", reason=f"publish to {names.TOPIC_ASR_RESULTS} failed: {err}")
         return Outcome(msg.message_id, "ack", "malformed", [(names.TOPIC_ASR_RESULTS, failed)], reason)
 

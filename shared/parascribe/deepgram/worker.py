@@ -50,12 +50,10 @@ from parascribe.audio import Decoded, decode_span, encode_flac, plausible_max_by
 from parascribe.contracts import (
     ATTR_TYPE,
     TYPE_CHUNK_RESULT,
-    TYPE_JOB_FAILED,
     ChunkResult,
     ChunkTask,
     JobFailed,
     SourceRef,
-    job_id_of,
     parse,
 )
 from parascribe.deepgram.client import DeepgramTranscript
@@ -169,13 +167,9 @@ class DeepgramWorker:
                  result.audio_seconds, result.billed_seconds, result.processing_seconds, extra=ctx)
 
     def _fail_unreadable(self, data: bytes, why: str) -> None:
-        job_id = job_id_of(data)
-        if job_id is None:
-            return
-        reason = (f"a chunk task for this job could not be read ({why}); "
-                  "the router and the Deepgram worker may run different releases")
-        self._publisher.publish(names.TOPIC_ASR_RESULTS, JobFailed(job_id=job_id, reason=reason),
-                                {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id})
+        failed = JobFailed.unreadable_task(data, why, "Deepgram worker")
+        if failed is not None:
+            self._publisher.publish(names.TOPIC_ASR_RESULTS, failed, failed.attributes())
 
     def _transcribe(self, task: ChunkTask) -> tuple[DeepgramTranscript, int]:
         """The transcript of the task's audio, and the packets skipped as corrupt in cutting it."""

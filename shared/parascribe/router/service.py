@@ -17,8 +17,6 @@ from cloudevents.http import CloudEvent
 from parascribe import names
 from parascribe.config import Settings
 from parascribe.contracts import (
-    ATTR_TYPE,
-    TYPE_JOB_FAILED,
     ChunkSpec,
     ChunkTask,
     JobFailed,
@@ -178,11 +176,8 @@ class Router:
     def _fail(self, job_id: str, source: SourceRef, reason: str) -> None:
         """Report a job that cannot run. JobFailed goes first so a redelivery still sends it."""
         log.warning("rejecting %s: %s", source.uri, reason, extra={"job_id": job_id})
-        self._publisher.publish(
-            names.TOPIC_ASR_RESULTS,
-            JobFailed(job_id=job_id, reason=reason, source=source),
-            {ATTR_TYPE: TYPE_JOB_FAILED, "job_id": job_id},
-        )
+        rejected = JobFailed(job_id=job_id, reason=reason, source=source)
+        self._publisher.publish(names.TOPIC_ASR_RESULTS, rejected, rejected.attributes())
 
         def failed(current: JobStatus | None) -> JobStatus | None:
             if current is not None and current.final:
