@@ -33,6 +33,8 @@ from parascribe.config import Settings, load_settings
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+EMULATOR_LOGS = {"pubsub": "pubsub-emulator.log", "gcs": "fake-gcs-server.log"}
+"""Each emulator's log under ``$PARASCRIBE_HOME/logs``, by its key in ``Emulators.pids``."""
 LOCAL_PUSH_ACK_DEADLINE_S = 90
 """Push deadlines on the local stack: what its handlers need (a local Deepgram request takes seconds)."""
 LOCAL_PULL_ACK_DEADLINE_S = 10
@@ -159,7 +161,7 @@ class Emulators:
                 f"--host-port={self.pubsub_host}", f"--project={self.project}",
                 f"--data-dir={self.workdir / 'pubsub-data'}", "--quiet",
             ],
-            logs / "pubsub-emulator.log",
+            logs / EMULATOR_LOGS["pubsub"],
             env,
         )
         self.pids["pubsub"] = pubsub.pid
@@ -171,7 +173,7 @@ class Emulators:
                 "-event.pubsub-project-id", self.project, "-event.pubsub-topic", names.TOPIC_AUDIO_UPLOADED,
                 "-event.list", "finalize", "-event.bucket", names.bucket_name(names.BUCKET_UPLOADS),
             ],
-            logs / "fake-gcs-server.log",
+            logs / EMULATOR_LOGS["gcs"],
             env,
         )
         self.pids["gcs"] = gcs.pid

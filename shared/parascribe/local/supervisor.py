@@ -35,6 +35,7 @@ from types import FrameType
 
 from parascribe import names
 from parascribe.local.emulators import (
+    EMULATOR_LOGS,
     LOCAL_PUSH_ACK_DEADLINE_S,
     LOOPBACK,
     Emulators,
@@ -94,7 +95,7 @@ class Supervisor:
             storage_host=self._emu.storage_host, supervisor_pid=os.getpid(),
         )
         for name, pid in self._emu.pids.items():
-            state.parts[name] = PartState(pid=pid, state="running", log=str(self._logs / _emulator_log(name)))
+            state.parts[name] = PartState(pid=pid, state="running", log=str(self._logs / EMULATOR_LOGS[name]))
         self._save()
         root = repo_root()
         env = {**os.environ, **self._emu.env(), "PYTHONUNBUFFERED": "1", "PARASCRIBE_REPO": str(root),
@@ -232,10 +233,6 @@ class Supervisor:
             self._state.pids = {name: p.pid for name, p in self._state.parts.items() if p.pid}
             self._state.pids["supervisor"] = os.getpid()
             self._state.save()
-
-
-def _emulator_log(name: str) -> str:
-    return "pubsub-emulator.log" if name == "pubsub" else "fake-gcs-server.log"
 
 
 def _python() -> str:
