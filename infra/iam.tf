@@ -75,10 +75,11 @@ resource "google_pubsub_topic_iam_member" "service_publishes" {
   member   = google_service_account.service[each.value.service].member
 }
 
-resource "google_pubsub_subscription_iam_member" "asr_worker_pulls" {
-  subscription = google_pubsub_subscription.subs[local.pull_subscription].id
+resource "google_pubsub_subscription_iam_member" "pulls" {
+  for_each     = local.pull_subscriptions
+  subscription = google_pubsub_subscription.subs[each.value].id
   role         = "roles/pubsub.subscriber"
-  member       = google_service_account.service["asr_worker"].member
+  member       = google_service_account.service[each.key].member
 }
 
 resource "google_project_iam_member" "service" {

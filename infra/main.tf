@@ -25,7 +25,8 @@ locals {
     svc => max([for s in values(var.subscriptions) : s.ack_deadline_s if s.service == svc]...)
   }
 
-  pull_subscription        = one([for name, s in var.subscriptions : name if s.push_path == null])
+  # Pull subscriptions by the service that pulls them (the ASR worker, the ingest worker).
+  pull_subscriptions       = { for name, s in var.subscriptions : s.service => name if s.push_path == null }
   dead_letter_subscription = one([for name, s in var.subscriptions : name if s.topic == var.topics.dead_letter])
 
   # Environment by service. Keys are config.py settings; secrets are never here (see secret_env).
@@ -57,6 +58,7 @@ locals {
       GUNICORN_CMD_ARGS   = "--threads=${var.merger_concurrency}"
       SWEEP_GRACE_MINUTES = tostring(var.sweep_grace_minutes)
     })
+    ingest_worker = local.env_common
   }
 
   # Secret Manager secret ids; each service reads only its own. Only the merger
@@ -71,6 +73,7 @@ locals {
     asr_worker      = {}
     deepgram_worker = { DEEPGRAM_API_KEY = "deepgram_api_key" }
     merger          = local.webhook_secret_env
+    ingest_worker   = {}
   }
 
   # Cloud Run GPU minimum for an L4: 4 vCPU and 16 GiB, instance-based billing.

@@ -16,12 +16,9 @@ from pathlib import Path
 import google.cloud.storage as storage
 
 from parascribe.config import Settings
-from parascribe.contracts import JobStatus, make_job_id
+from parascribe.contracts import META_DEADLINE, META_METHOD, JobStatus, make_job_id
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
-
-META_METHOD = "parascribe-method"
-META_DEADLINE = "parascribe-deadline-minutes"
 
 
 @dataclass

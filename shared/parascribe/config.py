@@ -98,6 +98,36 @@ class Settings(BaseSettings):
     gpu_instance_vcpus: int = Field(4, ge=1)
     gpu_instance_memory_gib: int = Field(16, ge=1)
 
+    # --- API and URL ingest ---
+    api_key_hashes: str = ""
+    """Comma-separated SHA-256 hex digests of the accepted API keys (the keys live in Secret Manager)."""
+    api_public_url: str | None = None
+    """The API's own base URL for status links; derived from each request when unset."""
+    callback_webhook_secret: SecretStr | None = None
+    """Signs per-job ``callback_url`` deliveries (Standard Webhooks); CONVEX_WEBHOOK_SECRET when unset."""
+    url_allow_loopback: bool = False
+    """Let URL ingest and callbacks reach loopback addresses: the local stack only. Private ranges stay refused."""
+    ingest_max_mb: float = Field(4096.0, gt=0)
+    ingest_timeout_minutes: float = Field(120.0, gt=0)
+    ytdlp_cookies_file: str | None = None
+    """Cookies for yt-dlp; none unless set. yt-dlp never reads config files or runs external commands."""
+
+    # --- speech segmentation (Silero VAD) in the ASR worker ---
+    vad_enabled: bool = True
+    vad_threshold: float = Field(0.5, gt=0, lt=1)
+    vad_min_silence_ms: int = Field(300, ge=0, le=10_000)
+    vad_min_speech_ms: int = Field(250, ge=0, le=10_000)
+    vad_speech_pad_ms: int = Field(200, ge=0, le=2_000)
+    segment_max_seconds: float = Field(30.0, gt=1, le=120)
+    expected_speech_ratio: float = Field(0.8, gt=0, le=1)
+    """The planner's guess of how much of a file is speech, until the worker has measured it."""
+
+    # --- GPU capacity and the monthly budget (planner) ---
+    gpu_max_instances: int = Field(1, ge=1, le=100)
+    backlog_cache_seconds: float = Field(5.0, ge=0)
+    monthly_budget_usd: float | None = Field(None, gt=0)
+    budget_exhausted_policy: Literal["reject", "gpu_only", "allow"] = "gpu_only"
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -33,6 +33,15 @@ EngineName = Literal["parakeet", "offline", "deepgram"]
 JobState = Literal["queued", "transcribing", "done", "failed"]
 Method = Literal["auto", "gpu", "deepgram", "hybrid"]
 
+# Custom metadata on an uploaded object: how a client asks for something other than the defaults, and where
+# an upload made on a user's behalf came from. The router reads them into the job's manifest.
+META_METHOD = "parascribe-method"
+META_DEADLINE = "parascribe-deadline-minutes"
+META_CALLBACK_URL = "parascribe-callback-url"
+META_REQUEST_ID = "parascribe-request-id"
+META_SOURCE_URL = "parascribe-source-url"
+META_TITLE = "parascribe-title"
+
 # Pub/Sub attribute that tells a results-topic reader which model the body holds.
 ATTR_TYPE = "type"
 TYPE_CHUNK_RESULT = "chunk_result"
@@ -395,3 +404,4 @@ class FinalOutcome(Contract):
     created_at: datetime | None = None
     finished_at: datetime
     claimed_at: datetime
+

@@ -14,12 +14,14 @@ TOPIC_ASR_GPU = "asr-gpu"
 TOPIC_ASR_DEEPGRAM = "asr-deepgram"
 TOPIC_ASR_RESULTS = "asr-results"
 TOPIC_DEAD_LETTER = "dead-letter"
+TOPIC_INGEST_REQUESTS = "ingest-requests"
 
 SUB_ROUTER = "router-push"
 SUB_ASR_GPU = "asr-gpu-pull"
 SUB_ASR_DEEPGRAM = "asr-deepgram-push"
 SUB_MERGER = "merger-push"
 SUB_DEAD_LETTER = "dead-letter-push"
+SUB_INGEST = "ingest-pull"
 
 BUCKET_UPLOADS = "uploads"
 BUCKET_TRANSCRIPTS = "transcripts"
@@ -55,6 +57,9 @@ SUBSCRIPTIONS: tuple[Subscription, ...] = (
     # The dead-letter topic itself has no dead-letter policy: its handler always acks.
     Subscription(SUB_DEAD_LETTER, TOPIC_DEAD_LETTER, "/dead-letter", "merger", dead_letter=False,
                  max_delivery_attempts=0),
+    # A download of a six-hour VOD outlasts any push request, so the ingest worker pulls and extends its own
+    # leases, as the ASR worker does; a dead worker's request comes back within a minute.
+    Subscription(SUB_INGEST, TOPIC_INGEST_REQUESTS, None, "ingest_worker", ack_deadline_s=60),
 )
 
 TOPICS: tuple[str, ...] = (
@@ -63,6 +68,7 @@ TOPICS: tuple[str, ...] = (
     TOPIC_ASR_DEEPGRAM,
     TOPIC_ASR_RESULTS,
     TOPIC_DEAD_LETTER,
+    TOPIC_INGEST_REQUESTS,
 )
 
 BUCKETS: tuple[str, ...] = (BUCKET_UPLOADS, BUCKET_TRANSCRIPTS, BUCKET_STATE, BUCKET_MODELS)

@@ -356,7 +356,7 @@ def tf_eval(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str,
               for m in re.finditer(r"^locals \{\n.*?^\}\n", p.read_text(), re.S | re.M)]
     blocks = [b for b in blocks if not re.search(r"\b(google_\w+|data)\.", b)]
     wanted = ["env", "secret_env", "bucket_names", "service_names", "images", "ack_deadline_s",
-              "deepgram_max_instances", "pull_subscription", "dead_letter_subscription"]
+              "deepgram_max_instances", "pull_subscriptions", "dead_letter_subscription"]
     output = "\n".join(f'output "{w}" {{\n  value = local.{w}\n}}' for w in wanted)
     (work / "eval.tf").write_text("\n".join(blocks) + "\n" + output + "\n")
     subprocess.run([tf, "init", "-input=false"], cwd=work, env=TF_ENV, check=True, capture_output=True, timeout=120)
@@ -396,7 +396,7 @@ def test_service_environments_are_valid_settings(tf_eval: Callable[..., dict[str
 def test_evaluated_names_match_python(tf_eval: Callable[..., dict[str, Any]]) -> None:
     out = tf_eval()
     assert out["bucket_names"] == {role: names.bucket_name(base, "acme") for role, base in _tfvars()["buckets"].items()}
-    assert out["pull_subscription"] == names.SUB_ASR_GPU
+    assert out["pull_subscriptions"] == {"asr_worker": names.SUB_ASR_GPU, "ingest_worker": names.SUB_INGEST}
     assert out["dead_letter_subscription"] == names.SUB_DEAD_LETTER
     by_service: dict[str, int] = {}
     for s in names.SUBSCRIPTIONS:

@@ -18,7 +18,7 @@ from typing import Any, get_args
 from cloudevents.http import CloudEvent
 from pydantic import TypeAdapter, ValidationError
 
-from parascribe.contracts import Method, SourceRef, UploadEvent
+from parascribe.contracts import META_DEADLINE, META_METHOD, Method, SourceRef, UploadEvent
 from parascribe.errors import MalformedMessageError
 from parascribe.gcp.pubsub import Message
 
@@ -28,8 +28,6 @@ PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 STORAGE_FINALIZED = "google.cloud.storage.object.v1.finalized"
 _STORAGE_PREFIX = "google.cloud.storage.object.v1."
 
-META_METHOD = "parascribe-method"
-META_DEADLINE = "parascribe-deadline-minutes"
 _METHODS: tuple[str, ...] = get_args(Method)
 _TIME = TypeAdapter(datetime)
 
