@@ -6,7 +6,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PARASCRIBE := $(VENV)/bin/parascribe
-EXTRAS := offline,nemo,deepgram,local,dev
+EXTRAS := offline,nemo,deepgram,local,api,dev
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_DIR := .parascribe/demo
