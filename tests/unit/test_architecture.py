@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "shared" / "parascribe"
-STAGES = ("router", "asr", "deepgram", "merger")
+STAGES = ("router", "asr", "deepgram", "merger", "api", "ingest")
 MAX_LINES = 420
 
 
