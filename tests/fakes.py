@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -100,6 +100,9 @@ class RecordingPublisher:
         with self._lock:
             self.messages.append((topic, message, dict(attributes or {})))
             return str(len(self.messages))
+
+    def publish_many(self, outgoing: Sequence[tuple[str, Contract, dict[str, str] | None]]) -> list[str]:
+        return [self.publish(topic, message, attributes) for topic, message, attributes in outgoing]
 
     def on(self, topic: str) -> list[Contract]:
         return [m for t, m, _ in self.messages if t == topic]

@@ -29,6 +29,8 @@ _CAS_ATTEMPTS = 20
 _CAS_BACKOFF_S = 0.05
 """First backoff after a lost compare-and-swap; it doubles per attempt, with full jitter."""
 _CAS_BACKOFF_CAP_S = 2.0
+_MANIFESTS_CACHED = 512
+"""Manifests kept in memory: written once, so a copy never goes stale; the merger reads one per chunk result."""
 
 
 OPEN_PREFIX = "open/"
@@ -48,6 +50,8 @@ class JobStore:
         self._bucket = bucket
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._manifests: OrderedDict[str, JobManifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
 
     @property
     def bucket(self) -> str:
@@ -65,8 +69,19 @@ class JobStore:
         return gen is not None
 
     def manifest(self, job_id: str) -> JobManifest | None:
+        with self._manifests_lock:
+            if job_id in self._manifests:
+                self._manifests.move_to_end(job_id)
+                return self._manifests[job_id].model_copy(deep=True)
         blob = self._store.read(self._bucket, self._path(job_id, "manifest.json"))
-        return parse(JobManifest, blob.data) if blob else None
+        if blob is None:
+            return None
+        manifest = parse(JobManifest, blob.data)
+        with self._manifests_lock:
+            self._manifests[job_id] = manifest.model_copy(deep=True)
+            while len(self._manifests) > _MANIFESTS_CACHED:
+                self._manifests.popitem(last=False)
+        return manifest
 
     # --- chunk results ---
     def chunk_path(self, job_id: str, index: int) -> str:

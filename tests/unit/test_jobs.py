@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from parascribe.contracts import JobStatus
+from parascribe.contracts import AudioInfo, JobManifest, JobStatus, PlannedChunk, SourceRef
 from parascribe.errors import TransientError
+from parascribe.gcp.storage import Blob
 from parascribe.jobs import JobStore
 from tests.fakes import MemoryStore
 
@@ -45,3 +46,34 @@ def test_a_status_that_never_settles_is_a_transient_error_after_bounded_waiting(
     with pytest.raises(TransientError, match="kept changing under us"):
         jobs.update_status("j2", lambda cur: JobStatus(job_id="j2", state="transcribing"))
     assert len(sleeps) == 20 and sum(sleeps) <= sum(min(2.0, 0.05 * 2**i) for i in range(20))
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def read(self, bucket: str, name: str) -> Blob | None:
+        self.reads.append(name)
+        return super().read(bucket, name)
+
+
+def _manifest(job_id: str) -> JobManifest:
+    source = SourceRef(bucket="uploads", name="a.wav", generation="1", size=10)
+    audio = AudioInfo(duration_s=30.0, sample_rate=16000, channels=1, codec="pcm_s16le", container="wav")
+    chunk = PlannedChunk(index=0, start_s=0, end_s=30, core_start_s=0, core_end_s=30, path="gpu")
+    return JobManifest(job_id=job_id, source=source, audio=audio, method="gpu", deadline_minutes=60, chunks=[chunk])
+
+
+def test_a_manifest_is_read_from_the_bucket_once_then_served_from_memory_as_a_copy() -> None:
+    store = CountingStore()
+    jobs = JobStore(store, "state")
+    assert jobs.manifest("j" + "0" * 20) is None
+    assert jobs.create_manifest(_manifest("j" + "1" * 20))
+    first = jobs.manifest("j" + "1" * 20)
+    assert first is not None
+    first.chunks.clear()  # a caller's change never reaches the cached copy
+    second = jobs.manifest("j" + "1" * 20)
+    assert second is not None and second.n_chunks == 1
+    assert jobs.manifest("j" + "0" * 20) is None  # an absent manifest is not cached: it may be written next
+    assert [n.rsplit("/", 2)[-2] for n in store.reads] == ["j" + "0" * 20, "j" + "1" * 20, "j" + "0" * 20]

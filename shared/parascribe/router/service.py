@@ -28,7 +28,7 @@ from parascribe.contracts import (
     utcnow,
 )
 from parascribe.errors import PermanentError, TransientError, is_transient
-from parascribe.gcp.pubsub import Publisher
+from parascribe.gcp.pubsub import Outgoing, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore, job_prefix
 from parascribe.router.events import parse_event
@@ -159,6 +159,7 @@ class Router:
 
     def _publish(self, manifest: JobManifest) -> None:
         whole = is_whole_file(manifest.chunks, manifest.audio, manifest.source.size)
+        outgoing: list[Outgoing] = []
         for planned in manifest.chunks:
             task = ChunkTask(
                 job_id=manifest.job_id,
@@ -170,7 +171,8 @@ class Router:
                 whole_file=whole,
             )
             topic = names.TOPIC_ASR_GPU if planned.path == "gpu" else names.TOPIC_ASR_DEEPGRAM
-            self._publisher.publish(topic, task, {"job_id": manifest.job_id})
+            outgoing.append((topic, task, {"job_id": manifest.job_id}))
+        self._publisher.publish_many(outgoing)
         log.info("published %d chunk tasks", manifest.n_chunks, extra={"job_id": manifest.job_id})
 
     def _fail(self, job_id: str, source: SourceRef, reason: str) -> None:
