@@ -114,3 +114,69 @@ resource "google_monitoring_alert_policy" "dead_letter_backlog" {
 
   depends_on = [google_pubsub_subscription.subs]
 }
+
+# The month's spend against MONTHLY_BUDGET_USD: the merger writes budget_used_fraction (spend / budget, from
+# the ledger in the state bucket, parascribe.budget) after each finished job, when a budget is set.
+resource "google_monitoring_metric_descriptor" "budget" {
+  count = var.create_metric_descriptors ? 1 : 0
+
+  type         = var.metric_types["budget_used_fraction"]
+  metric_kind  = "GAUGE"
+  value_type   = var.metric_value_types["budget_used_fraction"]
+  unit         = "1"
+  display_name = "parascribe budget used fraction"
+  description  = "The month's spend over MONTHLY_BUDGET_USD (mean per flush window), written by the merger."
+  depends_on   = [google_project_service.apis]
+}
+
+locals {
+  budget_alerts = {
+    "50"  = { threshold = 0.5, doc = "Half of MONTHLY_BUDGET_USD is spent. `parascribe costs` shows where it went and what would cost less." }
+    "80"  = { threshold = 0.8, doc = "80% of MONTHLY_BUDGET_USD is spent. Check `parascribe costs`; at 100% BUDGET_EXHAUSTED_POLICY applies (reject, gpu_only or allow)." }
+    "100" = { threshold = 1.0, doc = "MONTHLY_BUDGET_USD is spent: new jobs now follow BUDGET_EXHAUSTED_POLICY (reject fails them with a reason; gpu_only sends every chunk to the GPU). Raise the budget or change the policy." }
+  }
+}
+
+resource "google_monitoring_alert_policy" "budget" {
+  for_each = local.budget_alerts
+
+  display_name          = "parascribe: ${each.key}% of the monthly budget spent"
+  combiner              = "OR"
+  notification_channels = local.alert_channels
+
+  conditions {
+    display_name = "${var.metric_types["budget_used_fraction"]} >= ${each.value.threshold}"
+    condition_threshold {
+      filter          = "metric.type=\"${var.metric_types["budget_used_fraction"]}\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = each.value.threshold - 0.000001
+      duration        = "0s"
+      aggregations {
+        alignment_period     = "300s"
+        per_series_aligner   = "ALIGN_MAX"
+        cross_series_reducer = "REDUCE_MAX"
+      }
+      trigger {
+        count = 1
+      }
+    }
+  }
+
+  alert_strategy {
+    auto_close = "86400s"
+  }
+
+  documentation {
+    content   = each.value.doc
+    mime_type = "text/markdown"
+  }
+
+  depends_on = [google_monitoring_metric_descriptor.budget]
+}
+
+# The router reads the GPU subscription's backlog and the ASR worker's instance count (parascribe.router.capacity).
+resource "google_project_iam_member" "router_monitoring_viewer" {
+  project = var.project_id
+  role    = "roles/monitoring.viewer"
+  member  = "serviceAccount:${google_service_account.service["router"].email}"
+}

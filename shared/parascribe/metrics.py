@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MIN_POINT_SPACING_S = 10.0
 INT_METRICS = frozenset({mn.JOBS, mn.FALLBACKS, mn.WEBHOOK_FAILURES, mn.DEEPGRAM_AUTH_ERRORS})
-MEAN_METRICS = frozenset({mn.JOB_LATENCY_SECONDS})
+MEAN_METRICS = frozenset({mn.JOB_LATENCY_SECONDS, mn.BUDGET_SPENT_USD, mn.BUDGET_USED_FRACTION})
 
 Labels = tuple[tuple[str, str], ...]
 

@@ -8,14 +8,17 @@ Chunks
     (clipped to the file) so the merger can stitch words at the seams.
 
 Estimates
-    - GPU: one worker takes its chunks in order. It finishes after
-      ``GPU_STARTUP_SECONDS`` + (audio it was given) / ``GPU_EXPECTED_RTFX``.
+    - GPU: :meth:`parascribe.router.capacity.Capacity.finish_s`: the audio already
+      queued on the GPU path plus the job's, times ``EXPECTED_SPEECH_RATIO``, over
+      ``GPU_EXPECTED_RTFX``, shared by up to ``GPU_MAX_INSTANCES`` instances, those not
+      running after ``GPU_STARTUP_SECONDS``. Without a capacity the planner assumes one
+      GPU, not running, with nothing queued: ``GPU_STARTUP_SECONDS`` + speech / RTFx.
     - Deepgram: chunks run in parallel, ``DEEPGRAM_MAX_CONCURRENCY`` at a time.
       Each wave takes ``DEEPGRAM_REQUEST_OVERHEAD_SECONDS`` + (its longest chunk) /
       ``DEEPGRAM_EXPECTED_RTFX``.
     - A job is done when both paths are done. Costs come from
       :class:`parascribe.costs.Prices`. Deepgram bills the audio it is sent,
-      overlap included. The GPU costs instance time for audio / RTFx; startup
+      overlap included. The GPU costs instance time for speech / RTFx; startup
       is not billed to the job.
 
 Candidate plans
@@ -35,8 +38,11 @@ Methods (``TRANSCRIPTION_METHOD``, or ``parascribe-method`` object metadata)
       chunks in parallel.
     - ``auto`` with ``COST_OPTIMIZATION=true``: the cheapest candidate that meets
       the deadline (at equal cost, the whole-file request). With the usual prices this puts as many chunks on the GPU as
-      it can finish in time and spills the rest to Deepgram. If no candidate
-      meets the deadline, it takes the fastest one and logs a warning.
+      it can finish in time and spills the rest to Deepgram: the fewest chunks
+      that let the job meet its deadline, given the GPU's backlog. If no candidate
+      meets the deadline, it takes the fastest one and logs a warning. Only plans
+      that cost no more than the whole file on Deepgram are candidates (all-GPU
+      always is, at any sane prices), so a plan never costs more than all-Deepgram.
     - ``auto`` with ``COST_OPTIMIZATION=false`` behaves as ``hybrid``.
     - ``hybrid``: both paths work in parallel. The GPU takes the first *k*
       chunks and Deepgram the rest, with 1 ≤ k < n, and *k* is chosen so that
@@ -65,6 +71,7 @@ from parascribe.config import Settings
 from parascribe.contracts import AudioInfo, ChunkSpec, Method, PlannedChunk, Route
 from parascribe.costs import Prices
 from parascribe.errors import PermanentError
+from parascribe.router.capacity import Capacity
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,9 @@ class PlannerOptions:
     cost_optimization: bool
     gpu_expected_rtfx: float
     gpu_startup_seconds: float
+    expected_speech_ratio: float
+    """The share of a file that is speech: the GPU worker decodes only that (VAD)."""
+    gpu_max_instances: int
     deepgram_expected_rtfx: float
     deepgram_request_overhead_seconds: float
     deepgram_max_concurrency: int
@@ -103,6 +113,8 @@ class PlannerOptions:
             cost_optimization=s.cost_optimization,
             gpu_expected_rtfx=s.gpu_expected_rtfx,
             gpu_startup_seconds=s.gpu_startup_seconds,
+            expected_speech_ratio=s.expected_speech_ratio,
+            gpu_max_instances=s.gpu_max_instances,
             deepgram_expected_rtfx=s.deepgram_expected_rtfx,
             deepgram_request_overhead_seconds=s.deepgram_request_overhead_seconds,
             deepgram_max_concurrency=s.deepgram_max_concurrency,
@@ -193,6 +205,7 @@ def plan_paths(
     deadline_s: float,
     size_bytes: int | None = None,
     audio: AudioInfo | None = None,
+    capacity: Capacity | None = None,
 ) -> list[PlannedChunk]:
     """Choose a path for every chunk (see the module docstring for each method).
 
@@ -214,7 +227,7 @@ def plan_paths(
         PermanentError: the method cannot be honoured with these settings.
     """
     duration = chunks[-1].core_end_s if chunks else 0.0
-    return _choose(chunks, options, method, deadline_s, _whole_allowed(duration, size_bytes, audio))[0]
+    return _choose(chunks, options, method, deadline_s, _whole_allowed(duration, size_bytes, audio), capacity)[0]
 
 
 def make_plan(
@@ -224,6 +237,7 @@ def make_plan(
     deadline_s: float,
     size_bytes: int | None = None,
     audio: AudioInfo | None = None,
+    capacity: Capacity | None = None,
 ) -> Plan:
     """Chunk the audio, choose the paths and estimate cost and finish time.
 
@@ -235,6 +249,8 @@ def make_plan(
         size_bytes: the object's size; above 2 GB, or above what the header's duration
             allows (:func:`header_may_lie`), no whole-file request is planned.
         audio: what the probe read from the header; None checks the size against any codec.
+        capacity: the GPU path's backlog and instances (:mod:`parascribe.router.capacity`);
+            None assumes one GPU, not running, with nothing queued.
 
     Raises:
         PermanentError: the method cannot be honoured with these settings.
@@ -245,8 +261,9 @@ def make_plan(
         log.warning("the object is %d bytes, more than %.1f s of %s can take: its header may understate the length, "
                     "so it is planned in capped chunks rather than sent whole", size_bytes, duration_s,
                     audio.codec if audio else "audio")
-    planned, effective = _choose(chunks, options, method, deadline_s, _whole_allowed(duration_s, size_bytes, audio))
-    finish = estimate_finish_s(planned, options)
+    planned, effective = _choose(chunks, options, method, deadline_s, _whole_allowed(duration_s, size_bytes, audio),
+                                 capacity)
+    finish = estimate_finish_s(planned, options, capacity)
     return Plan(
         method=effective,
         chunks=planned,
@@ -289,19 +306,18 @@ def _whole_allowed(duration_s: float, size_bytes: int | None, audio: AudioInfo |
     return size_bytes <= DEEPGRAM_MAX_BYTES and not _header_may_lie(duration_s, size_bytes, audio)
 
 
-def estimate_finish_s(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
+def estimate_finish_s(plan: Sequence[PlannedChunk], options: PlannerOptions, capacity: Capacity | None = None) -> float:
     """Seconds until both paths are done, by the estimates in the module docstring."""
     gpu = [c.duration_s for c in plan if c.path == "gpu"]
     deepgram = [c.duration_s for c in plan if c.path == "deepgram"]
-    return max(_gpu_finish(gpu, options), _deepgram_finish(deepgram, options))
+    return max(_capacity(options, capacity).finish_s(gpu), _deepgram_finish(deepgram, options))
 
 
 def estimate_cost(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
     """Estimated USD for the plan: Deepgram billed audio plus GPU instance time."""
     prices = options.prices
     return sum(
-        prices.gpu_estimate(c.duration_s, options.gpu_expected_rtfx) if c.path == "gpu" else prices.deepgram(c.duration_s)
-        for c in plan
+        _gpu_cost(c.duration_s, options) if c.path == "gpu" else prices.deepgram(c.duration_s) for c in plan
     )
 
 
@@ -310,10 +326,17 @@ def estimate_deepgram_only(duration_s: float, options: PlannerOptions) -> float:
     return options.prices.deepgram(duration_s)
 
 
-def _gpu_finish(durations: Sequence[float], options: PlannerOptions) -> float:
-    if not durations:
-        return 0.0
-    return options.gpu_startup_seconds + sum(durations) / options.gpu_expected_rtfx
+def default_capacity(options: PlannerOptions) -> Capacity:
+    """The planner's assumption without a backlog source: one GPU, not running, nothing queued."""
+    return Capacity.assumed(options.gpu_expected_rtfx, options.gpu_startup_seconds, options.expected_speech_ratio)
+
+
+def _capacity(options: PlannerOptions, capacity: Capacity | None) -> Capacity:
+    return capacity if capacity is not None else default_capacity(options)
+
+
+def _gpu_cost(audio_s: float, options: PlannerOptions) -> float:
+    return options.prices.gpu_estimate(audio_s * options.expected_speech_ratio, options.gpu_expected_rtfx)
 
 
 def _deepgram_finish(durations: Sequence[float], options: PlannerOptions) -> float:
@@ -335,7 +358,8 @@ def _whole(chunks: Sequence[ChunkSpec]) -> list[PlannedChunk]:
 
 
 def _choose(
-    chunks: Sequence[ChunkSpec], options: PlannerOptions, method: Method, deadline_s: float, whole_allowed: bool
+    chunks: Sequence[ChunkSpec], options: PlannerOptions, method: Method, deadline_s: float, whole_allowed: bool,
+    capacity: Capacity | None = None,
 ) -> tuple[list[PlannedChunk], Method]:
     if not chunks:
         raise ValueError("no chunks to plan")
@@ -344,6 +368,7 @@ def _choose(
     if effective == "gpu":
         return _assign(chunks, ["gpu"] * n), effective
     prices = options.prices
+    gpu_path = _capacity(options, capacity)
     durations = [c.duration_s for c in chunks]
     # A candidate is k (the GPU takes the first k chunks) or None (one whole-file Deepgram request).
     candidates: list[int | None]
@@ -358,9 +383,12 @@ def _choose(
     scored: list[tuple[float, float, int | None]] = []
     for k in candidates:
         gpu, deepgram = (durations[:k], durations[k:]) if k is not None else ([], [chunks[-1].core_end_s])
-        finish = max(_gpu_finish(gpu, options), _deepgram_finish(deepgram, options))
-        cost = sum(prices.gpu_estimate(d, options.gpu_expected_rtfx) for d in gpu) + sum(map(prices.deepgram, deepgram))
+        finish = max(gpu_path.finish_s(gpu), _deepgram_finish(deepgram, options))
+        cost = sum(_gpu_cost(d, options) for d in gpu) + sum(map(prices.deepgram, deepgram))
         scored.append((finish, cost, k))
+    if effective == "auto":  # never more than the whole file on Deepgram, when any plan can keep to that
+        ceiling = prices.deepgram(chunks[-1].core_end_s) + 1e-9
+        scored = [s for s in scored if s[1] <= ceiling] or scored
     fastest = min(scored, key=lambda s: (round(s[0], 6), s[1]))
     if effective == "hybrid":
         best = fastest
@@ -376,7 +404,7 @@ def _choose(
     k = best[2]
     if k is None:
         return _whole(chunks), effective
-    gpu_path: list[Route] = ["gpu"]
-    deepgram_path: list[Route] = ["deepgram"]
-    paths = gpu_path * k + deepgram_path * (n - k)
+    on_gpu: list[Route] = ["gpu"]
+    on_deepgram: list[Route] = ["deepgram"]
+    paths = on_gpu * k + on_deepgram * (n - k)
     return _assign(chunks, paths), effective
