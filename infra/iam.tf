@@ -37,6 +37,14 @@ locals {
     # takes as "already written"; an upload over an existing object needs storage.objects.delete, and
     # without it GCS may answer 403 instead. infra/README.md explains.
     { service = "merger", bucket = "transcripts", role = "roles/storage.objectUser" },
+    # The API creates objects under api/<request_id>/ (server-side copies, resumable upload sessions) with
+    # ifGenerationMatch=0 under fresh names, and reads them back to learn an upload's generation (its job id).
+    { service = "api", bucket = "uploads", role = "roles/storage.objectCreator" },
+    { service = "api", bucket = "uploads", role = "roles/storage.objectViewer" },
+    { service = "api", bucket = "state", role = "roles/storage.objectUser" },         # requests/ records (CAS), index; job status reads
+    { service = "api", bucket = "transcripts", role = "roles/storage.objectViewer" }, # what its signed URLs read, as it
+    { service = "ingest_worker", bucket = "uploads", role = "roles/storage.objectCreator" },
+    { service = "ingest_worker", bucket = "state", role = "roles/storage.objectUser" }, # updates requests/ records (CAS)
   ]
 
   # Topic roles (keys of var.topics) each service publishes to.
@@ -49,6 +57,7 @@ locals {
     { service = "deepgram_worker", topic = "asr_results" },
     # The dead-letter handler falls back once: a GPU task goes to Deepgram (never the other way).
     { service = "merger", topic = "asr_deepgram" },
+    { service = "api", topic = "ingest_requests" }, # URLs for the ingest worker
   ]
 
   project_roles = ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
@@ -104,6 +113,13 @@ resource "google_service_account_iam_member" "deepgram_worker_signs_urls" {
   service_account_id = google_service_account.service["deepgram_worker"].name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = google_service_account.service["deepgram_worker"].member
+}
+
+# The API redirects to V4 signed URLs of transcripts, signed through IAM signBlob as itself.
+resource "google_service_account_iam_member" "api_signs_urls" {
+  service_account_id = google_service_account.service["api"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = google_service_account.service["api"].member
 }
 
 # --- Pub/Sub push authentication -------------------------------------------

@@ -9,19 +9,21 @@ locals {
   # parascribe.names.bucket_name(base, prefix)
   bucket_names = { for role, base in var.buckets : role => "${var.bucket_prefix}-${base}" }
 
-  # Service keys as parascribe.names uses them (router, asr_worker, ...) -> GCP resource names.
-  service_names = { for svc in distinct([for s in values(var.subscriptions) : s.service]) : svc => replace(svc, "_", "-") }
+  # Service keys as parascribe.names uses them (router, asr_worker, ...) -> GCP resource names. The API
+  # owns no subscription, so it is named here; every other service comes from names.SUBSCRIPTIONS.
+  subscribed_services = distinct([for s in values(var.subscriptions) : s.service])
+  service_names       = { for svc in distinct(concat(local.subscribed_services, ["api"])) : svc => replace(svc, "_", "-") }
 
   image_base = "${var.region}-docker.pkg.dev/${var.project_id}/${var.artifact_repository}"
   images = {
-    for svc in ["asr_worker", "deepgram_worker", "merger"] :
+    for svc in ["asr_worker", "deepgram_worker", "merger", "api", "ingest_worker"] :
     svc => lookup(var.images, svc, "${local.image_base}/${local.service_names[svc]}:${var.image_tag}")
   }
 
   # A push endpoint must answer within the subscription's ack deadline, so each
   # service's request timeout is the longest deadline among its subscriptions.
   ack_deadline_s = {
-    for svc in keys(local.service_names) :
+    for svc in local.subscribed_services :
     svc => max([for s in values(var.subscriptions) : s.ack_deadline_s if s.service == svc]...)
   }
 
@@ -58,7 +60,11 @@ locals {
       GUNICORN_CMD_ARGS   = "--threads=${var.merger_concurrency}"
       SWEEP_GRACE_MINUTES = tostring(var.sweep_grace_minutes)
     })
-    ingest_worker = local.env_common
+    ingest_worker = merge(local.env_common, {
+      # The spool of one track lives in /tmp, which is the instance's memory on Cloud Run.
+      INGEST_MAX_MB = tostring(var.ingest_max_mb)
+    })
+    api = merge(local.env_common, { for name, value in { API_PUBLIC_URL = var.api_public_url } : name => value if value != "" })
   }
 
   # Secret Manager secret ids; each service reads only its own. Only the merger
@@ -66,6 +72,7 @@ locals {
   secrets = {
     deepgram_api_key      = "deepgram-api-key"
     convex_webhook_secret = "convex-webhook-secret"
+    api_key_hashes        = "api-key-hashes"
   }
   webhook_secret_env = { for name, secret in { CONVEX_WEBHOOK_SECRET = "convex_webhook_secret" } : name => secret if var.convex_webhook_url != "" }
   secret_env = {
@@ -74,6 +81,7 @@ locals {
     deepgram_worker = { DEEPGRAM_API_KEY = "deepgram_api_key" }
     merger          = local.webhook_secret_env
     ingest_worker   = {}
+    api             = { API_KEY_HASHES = "api_key_hashes" }
   }
 
   # Cloud Run GPU minimum for an L4: 4 vCPU and 16 GiB, instance-based billing.

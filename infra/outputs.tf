@@ -51,3 +51,8 @@ output "dashboard_id" {
   description = "Cloud Monitoring dashboard id."
   value       = google_monitoring_dashboard.parascribe.id
 }
+
+output "api_url" {
+  description = "The API's base URL (POST /v1/jobs, GET /docs)."
+  value       = google_cloud_run_v2_service.api.uri
+}

@@ -320,3 +320,48 @@ variable "dlq_backlog_threshold" {
   type        = number
   default     = 0
 }
+
+# ---------------------------------------------------------------------------
+# API and URL ingest
+# ---------------------------------------------------------------------------
+
+variable "api_public_url" {
+  description = "API_PUBLIC_URL: the API's base URL in status links (a custom domain). Empty: the URL each request came in on."
+  type        = string
+  default     = ""
+}
+
+variable "api_max_instances" {
+  description = "Most API instances."
+  type        = number
+  default     = 10
+}
+
+variable "api_concurrency" {
+  description = "Requests one API instance serves at once (its routes block on GCS and Pub/Sub in a thread pool)."
+  type        = number
+  default     = 40
+}
+
+variable "ingest_worker_instances" {
+  description = "Always-on ingest worker instances: a streaming pull needs a running instance."
+  type        = number
+  default     = 1
+}
+
+variable "ingest_worker_max_instances" {
+  description = "Most ingest worker instances (Cloud Run adds them on CPU load)."
+  type        = number
+  default     = 3
+}
+
+variable "ingest_max_mb" {
+  description = "INGEST_MAX_MB: the largest download, spooled in /tmp (memory on Cloud Run, 4 GiB per ingest instance)."
+  type        = number
+  default     = 2048
+
+  validation {
+    condition     = var.ingest_max_mb > 0 && var.ingest_max_mb <= 2560
+    error_message = "ingest_max_mb must be positive and at most 2560: the spool shares the ingest worker's 4 GiB of memory."
+  }
+}

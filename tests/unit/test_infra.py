@@ -218,20 +218,30 @@ def _env_entries(hcl: dict[str, Any], service: str) -> dict[str, str]:
 
 
 def test_bucket_grants_are_least_privilege(hcl: dict[str, Any]) -> None:
-    grants = {(g["service"], g["bucket"]): g["role"] for g in hcl["locals"]["bucket_grants"]}
-    assert len(grants) == len(hcl["locals"]["bucket_grants"]), "one role per service and bucket"
-    viewer, user = "roles/storage.objectViewer", "roles/storage.objectUser"
+    rows = [(g["service"], g["bucket"], g["role"]) for g in hcl["locals"]["bucket_grants"]]
+    assert len(set(rows)) == len(rows), "no grant twice"
+    grants: dict[tuple[str, str], set[str]] = {}
+    for service, bucket, role in rows:
+        grants.setdefault((service, bucket), set()).add(role)
+    viewer, user, creator = "roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectCreator"
     assert grants == {
-        ("router", "uploads"): viewer,
-        ("router", "state"): user,              # manifest, published marker, failed status (CAS writes)
-        ("asr_worker", "uploads"): viewer,
-        ("asr_worker", "state"): viewer,        # reads a job's status to skip chunks of failed jobs
-        ("asr_worker", "models"): viewer,
-        ("deepgram_worker", "uploads"): viewer,
-        ("deepgram_worker", "state"): viewer,   # the same read; neither worker writes state
-        ("merger", "state"): user,
+        ("router", "uploads"): {viewer},
+        ("router", "state"): {user},              # manifest, published marker, failed status (CAS writes)
+        ("asr_worker", "uploads"): {viewer},
+        ("asr_worker", "state"): {viewer},        # reads a job's status to skip chunks of failed jobs
+        ("asr_worker", "models"): {viewer},
+        ("deepgram_worker", "uploads"): {viewer},
+        ("deepgram_worker", "state"): {viewer},   # the same read; neither worker writes state
+        ("merger", "state"): {user},
         # Written once with ifGenerationMatch=0; a repeat must get 412, not 403 (needs storage.objects.delete).
-        ("merger", "transcripts"): user,
+        ("merger", "transcripts"): {user},
+        # Creates api/<request_id>/ objects (copies, upload sessions), reads them back for their generation;
+        # never deletes or replaces one, so no objectUser there.
+        ("api", "uploads"): {creator, viewer},
+        ("api", "state"): {user},                 # requests/ records: created once, then CAS
+        ("api", "transcripts"): {viewer},         # its signed URLs read as the API's account
+        ("ingest_worker", "uploads"): {creator},  # the fetched track, once, under a fresh name
+        ("ingest_worker", "state"): {user},       # moves requests/ records along (CAS)
     }
     binding = hcl["resource"][("google_storage_bucket_iam_member", "service")]
     assert binding["role"] == "${each.value.role}" and "local.bucket_grants" in binding["for_each"]
@@ -244,7 +254,10 @@ def test_publish_grants_are_least_privilege(hcl: dict[str, Any]) -> None:
         ("asr_worker", "asr_results"), ("asr_worker", "asr_deepgram"),
         ("deepgram_worker", "asr_results"),
         ("merger", "asr_deepgram"),  # the dead-letter handler only sends GPU tasks to Deepgram
+        ("api", "ingest_requests"),  # URLs for the ingest worker; it publishes nothing else
     }
+    api_code = "\n".join(p.read_text() for p in (ROOT / "shared" / "parascribe" / "api").glob("*.py"))
+    assert re.findall(r"publish\((names\.\w+)", api_code) == ["names.TOPIC_INGEST_REQUESTS"]
     merger_code = "\n".join(p.read_text() for p in (ROOT / "shared" / "parascribe" / "merger").glob("*.py"))
     assert "publish(names.TOPIC_ASR_DEEPGRAM" in merger_code
     assert not re.search(r"publish\(\s*names\.TOPIC_ASR_GPU", merger_code), "the merger publishes to asr-gpu: grant it"
@@ -322,6 +335,39 @@ def test_deepgram_worker_source_cache_fits_its_memory(hcl: dict[str, Any]) -> No
     assert "<= 512" in validation, "the largest allowed cache is half of the worker's memory"
 
 
+def test_the_api_is_public_by_key_and_signs_as_itself(hcl: dict[str, Any]) -> None:
+    res = hcl["resource"]
+    api = res[("google_cloud_run_v2_service", "api")]
+    # Reached with API keys, not Google identities: no invoker check, and no allUsers grant anywhere.
+    assert api["invoker_iam_disabled"] is True and api["ingress"] == "INGRESS_TRAFFIC_ALL"
+    assert not re.search(r'member\s*=\s*"(allUsers|allAuthenticatedUsers)"', _tf_text())
+    assert api["template"][0]["service_account"] == '${google_service_account.service["api"].email}'
+    containers = api["template"][0]["containers"][0]
+    secret_env = [d["env"] for d in containers["dynamic"] if "secret_key_ref" in json.dumps(d)]
+    assert secret_env and secret_env[0]["for_each"] == "${local.secret_env.api}"
+    assert hcl["locals"]["secrets"]["api_key_hashes"] == "api-key-hashes"
+    grants = _granted_to(hcl, 'google_service_account.service["api"].member')
+    assert {(k, b["role"]) for k, b in grants.items()} == {
+        (("google_service_account_iam_member", "api_signs_urls"), "roles/iam.serviceAccountTokenCreator")}
+    assert grants[("google_service_account_iam_member", "api_signs_urls")]["service_account_id"] == (
+        '${google_service_account.service["api"].name}'), "it may sign as itself, and as no other account"
+    assert "api" not in {s.service for s in names.SUBSCRIPTIONS}, "the API pulls nothing"
+
+
+def test_ingest_worker_is_an_always_on_pull_worker(hcl: dict[str, Any]) -> None:
+    svc = hcl["resource"][("google_cloud_run_v2_service", "ingest_worker")]
+    template = svc["template"][0]
+    assert svc["ingress"] == "INGRESS_TRAFFIC_INTERNAL_ONLY" and "invoker_iam_disabled" not in svc
+    assert template["scaling"][0]["min_instance_count"] == "${var.ingest_worker_instances}"
+    assert hcl["variable"]["ingest_worker_instances"]["default"] >= 1, "a streaming pull needs a running instance"
+    resources = template["containers"][0]["resources"][0]
+    assert resources["cpu_idle"] is False and "nvidia.com/gpu" not in resources["limits"]
+    assert template["service_account"] == '${google_service_account.service["ingest_worker"].email}'
+    assert not _granted_to(hcl, 'google_service_account.service["ingest_worker"].member'), (
+        "its only grants are the generic ones: buckets, the ingest-pull subscription, logs and metrics")
+    assert _env_entries(hcl, "ingest_worker")["INGEST_MAX_MB"] == "tostring(var.ingest_max_mb)"
+
+
 def test_every_granted_role_is_explained_in_the_infra_readme() -> None:
     readme = (INFRA / "README.md").read_text()
     roles = set(re.findall(r'"roles/([\w.]+)"', _tf_text()))
@@ -397,6 +443,12 @@ def test_evaluated_names_match_python(tf_eval: Callable[..., dict[str, Any]]) ->
     out = tf_eval()
     assert out["bucket_names"] == {role: names.bucket_name(base, "acme") for role, base in _tfvars()["buckets"].items()}
     assert out["pull_subscriptions"] == {"asr_worker": names.SUB_ASR_GPU, "ingest_worker": names.SUB_INGEST}
+    assert out["service_names"]["api"] == "api" and out["service_names"]["ingest_worker"] == "ingest-worker"
+    assert out["secret_env"]["api"] == {"API_KEY_HASHES": "api_key_hashes"}
+    assert out["images"]["api"] == "us-central1-docker.pkg.dev/proj/parascribe/api:latest"
+    assert "API_PUBLIC_URL" not in out["env"]["api"]
+    assert tf_eval(api_public_url="https://api.example.com")["env"]["api"]["API_PUBLIC_URL"] == (
+        "https://api.example.com")
     assert out["dead_letter_subscription"] == names.SUB_DEAD_LETTER
     by_service: dict[str, int] = {}
     for s in names.SUBSCRIPTIONS:
@@ -423,6 +475,8 @@ def test_variable_validation_rejects_bad_input(tf_eval: Callable[..., dict[str, 
         tf_eval(deepgram_source_cache_mb=1024)
     with pytest.raises(AssertionError, match="sweep_grace_minutes must be positive"):
         tf_eval(sweep_grace_minutes=0)
+    with pytest.raises(AssertionError, match="4 GiB of memory"):
+        tf_eval(ingest_max_mb=4096)
 
 
 def test_evaluated_cache_and_sweep_settings(tf_eval: Callable[..., dict[str, Any]]) -> None:
