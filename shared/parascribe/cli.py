@@ -3,9 +3,11 @@
 The forms below are a public interface; keep them stable:
 
     parascribe up [--detach]            parascribe down
-    parascribe submit FILE... [--wait] [--json] [--method M] [--deadline-minutes N]
+    parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N]
     parascribe status [JOB_ID] [--json]
     parascribe metrics                  parascribe webhook redeliver JOB_ID
+    parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M] [--json]
+    parascribe costs [--since 30d] [--json]
     parascribe deepgram-server          parascribe names --json
 
 When a local stack runs (``$PARASCRIBE_HOME/stack.json``), commands talk to its
@@ -22,12 +24,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from google.auth.exceptions import DefaultCredentialsError
 
 from parascribe import names
-from parascribe.errors import ConfigError
+from parascribe.errors import ConfigError, ParascribeError
 
 if TYPE_CHECKING:
     from parascribe.config import Settings
@@ -95,6 +97,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     for part, port in sorted(state.ports.items()):
         print(f"  {part:<17} http://127.0.0.1:{port}", file=sys.stderr)
     print(f"  pubsub emulator   {state.pubsub_host}\n  fake-gcs-server   {state.storage_host}", file=sys.stderr)
+    if state.api_key and "api" in state.ports:
+        print(f"API {state.url('api')}  (docs: {state.url('api')}/docs)\nAPI key {state.api_key}\n"
+              f"  curl -X POST {state.url('api')}/transcribe -H 'Authorization: Bearer {state.api_key}' "
+              "-H 'Content-Type: application/json' -d '{\"video_url\": \"https://...\"}'", file=sys.stderr)
     if args.detach:
         return 0
     print("press Ctrl-C to stop", file=sys.stderr)
@@ -116,12 +122,51 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    urls = [f for f in args.files if f.startswith(("http://", "https://"))]
+    files = [f for f in args.files if f not in urls]
+    code = _submit_urls(args, urls) if urls else 0
+    return max(code, _submit_files(args, files) if files else 0)
+
+
+def _submit_urls(args: argparse.Namespace, urls: list[str]) -> int:
+    """URLs go through the API: the ingest worker fetches them into the uploads bucket."""
+    from parascribe import sdk
+
+    client = sdk.connect()
+    jobs = [(url, sdk.submit(url, method=args.method, deadline_minutes=args.deadline_minutes, client=client))
+            for url in urls]
+    failed = False
+    for url, job in jobs:
+        if not args.wait:
+            print(json.dumps({"url": url, "job_id": job.id}) if args.json else f"{job.id}  {url}")
+            continue
+        try:
+            status = job.wait(timeout=args.timeout)
+        except TimeoutError as err:
+            status = {"state": "timeout", "reason": str(err)}
+        failed |= status.get("state") != "done"
+        text = job.output("txt").decode() if status.get("state") == "done" else None
+        record: dict[str, Any] = {"url": url, "request_id": job.id, "job_id": status.get("job_id"), "status": status.get("state"),
+                  "reason": status.get("reason"), "text": text, "outputs": status.get("outputs") or {},
+                  "engines": status.get("engines") or []}
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"{url}: {record['status']}" + (f" ({record['reason']})" if record["reason"] else ""))
+            for fmt, uri in sorted(record["outputs"].items()):
+                print(f"  {fmt:<13} {uri}")
+            if text:
+                print(text.strip())
+    return 1 if failed else 0
+
+
+def _submit_files(args: argparse.Namespace, files: list[str]) -> int:
     from tqdm import tqdm
 
     from parascribe.client import result_record, transcript_text, upload, wait_for
 
     settings, store, jobs = _clients()
-    subs = [upload(store.client, settings, Path(f), args.method, args.deadline_minutes) for f in args.files]
+    subs = [upload(store.client, settings, Path(f), args.method, args.deadline_minutes) for f in files]
     if not args.wait:
         for sub in subs:
             print(json.dumps({"file": str(sub.file), "job_id": sub.job_id, "source": sub.uri}) if args.json
@@ -247,6 +292,22 @@ def _delegate(command: str, rest: list[str]) -> int:
     return int(webhook_receiver.main(rest) or 0)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from parascribe.router.explain import run
+
+    return run(args)
+
+
+def cmd_costs(args: argparse.Namespace) -> int:
+    from parascribe.local.stack import running_state
+    from parascribe.router.report import run
+
+    settings, store, _ = _clients()
+    state = running_state()
+    return run(args, settings, store, Path((state.env.get("METRICS_LOCAL_PATH") if state else None)
+                                          or settings.metrics_local_path))
+
+
 def cmd_names(args: argparse.Namespace) -> int:
     from parascribe import metric_names
 
@@ -269,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(fn=cmd_up)
     sub.add_parser("down", help="stop the local stack").set_defaults(fn=cmd_down)
 
-    s = sub.add_parser("submit", help="upload audio and (optionally) wait for transcripts")
-    s.add_argument("files", nargs="+", metavar="FILE")
+    s = sub.add_parser("submit", help="upload audio, or send URLs to the API, and (optionally) wait for transcripts")
+    s.add_argument("files", nargs="+", metavar="FILE|URL", help="local files, or http(s) URLs of media or pages")
     s.add_argument("--wait", action="store_true", help="wait until every job is done or failed")
     s.add_argument("--json", action="store_true", help="print one JSON object per file")
     s.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
@@ -299,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("names", help="print topic, subscription, bucket and metric names")
     n.add_argument("--json", action="store_true")
     n.set_defaults(fn=cmd_names)
+
+    pl = sub.add_parser("plan", help="show how a file or a duration would be planned, without submitting it")
+    pl.add_argument("file", nargs="?", metavar="FILE")
+    pl.add_argument("--duration", type=float, metavar="HOURS")
+    pl.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
+    pl.add_argument("--backlog-seconds", type=float, dest="backlog_seconds", help="audio already queued for the GPU")
+    pl.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plan)
+    co = sub.add_parser("costs", help="the period's spend, savings, spills and recommendations")
+    co.add_argument("--since", default="30d", help="how far back, in days (default 30d)")
+    co.add_argument("--json", action="store_true")
+    co.set_defaults(fn=cmd_costs)
     return p
 
 
@@ -318,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RuntimeError as err:  # StackError and start-up failures
         print(f"parascribe: {err}", file=sys.stderr)
+        return 1
+    except ParascribeError as err:  # the API refused a request, or none is reachable
+        print(f"parascribe: {err.reason}", file=sys.stderr)
         return 1
 
 

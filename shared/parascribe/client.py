@@ -16,9 +16,10 @@ from pathlib import Path
 import google.cloud.storage as storage
 
 from parascribe.config import Settings
-from parascribe.contracts import META_DEADLINE, META_METHOD, JobStatus, make_job_id
+from parascribe.contracts import JobStatus, make_job_id
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
+from parascribe.names import META_DEADLINE, META_METHOD
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from parascribe.errors import MalformedMessageError, NewerSchemaError
+from parascribe.plan_contract import PlanExplanation
 
 SCHEMA_VERSION = 1
 _JOB_ID = re.compile(r"j[0-9a-f]{20}")
@@ -32,15 +33,6 @@ Route = Literal["gpu", "deepgram"]
 EngineName = Literal["parakeet", "offline", "deepgram"]
 JobState = Literal["queued", "transcribing", "done", "failed"]
 Method = Literal["auto", "gpu", "deepgram", "hybrid"]
-
-# Custom metadata on an uploaded object: how a client asks for something other than the defaults, and where
-# an upload made on a user's behalf came from. The router reads them into the job's manifest.
-META_METHOD = "parascribe-method"
-META_DEADLINE = "parascribe-deadline-minutes"
-META_CALLBACK_URL = "parascribe-callback-url"
-META_REQUEST_ID = "parascribe-request-id"
-META_SOURCE_URL = "parascribe-source-url"
-META_TITLE = "parascribe-title"
 
 # Pub/Sub attribute that tells a results-topic reader which model the body holds.
 ATTR_TYPE = "type"
@@ -127,6 +119,15 @@ class SourceRef(Contract):
         return make_job_id(self.bucket, self.name, self.generation)
 
 
+class Origin(Value):
+    """Where an upload made on a user's behalf came from, and whom to tell: its ``parascribe-*`` metadata."""
+
+    request_id: str | None = None
+    source_url: str | None = None
+    title: str | None = None
+    callback_url: str | None = None
+
+
 class UploadEvent(Contract):
     """An OBJECT_FINALIZE in the upload bucket, from either trigger shape.
 
@@ -141,6 +142,7 @@ class UploadEvent(Contract):
     deadline_minutes: float | None = Field(default=None, gt=0)
     metadata_error: str | None = None
     """Why the ``parascribe-*`` metadata was rejected; the router fails the job with this reason."""
+    origin: Origin = Field(default_factory=Origin)
 
 
 class AudioInfo(Contract):
@@ -188,6 +190,8 @@ class JobManifest(Contract):
     estimated_deepgram_only_usd: float = 0.0
     estimated_finish_s: float = 0.0
     """The planner's estimate of how long the job takes; the sweeper allows the later of this and the deadline."""
+    origin: Origin = Field(default_factory=Origin)
+    plan: PlanExplanation | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
     @property
@@ -291,6 +295,8 @@ class ChunkResult(Contract):
     fallback_reason: str | None = None
     corrupt_packets: int = Field(default=0, ge=0)
     """Packets of the chunk's span that would not decode and were skipped (as silence)."""
+    speech_s: float | None = Field(default=None, ge=0)  # seconds sent to the engine; None: all (not measured)
+    skipped_s: float = Field(default=0.0, ge=0)  # seconds left out as non-speech
     error: str | None = None
     """Set when the chunk failed permanently; the job then fails with this reason."""
     created_at: datetime = Field(default_factory=utcnow)
@@ -317,6 +323,7 @@ class JobFailed(Contract):
     job_id: str
     reason: str
     source: SourceRef | None = None
+    origin: Origin = Field(default_factory=Origin)
 
     @classmethod
     def unreadable_task(cls, data: bytes, why: str, worker: str) -> JobFailed | None:
@@ -355,6 +362,8 @@ class JobSummary(Value):
     fallbacks: int = 0
     corrupt_packets: int = 0
     """Packets skipped as corrupt, summed over the chunks (one in an overlap counts once per chunk)."""
+    speech_s: float = 0.0
+    skipped_s: float = 0.0
 
 
 class JobStatus(Contract):
@@ -369,6 +378,8 @@ class JobStatus(Contract):
     outputs: dict[str, str] = Field(default_factory=dict)
     engines: list[str] = Field(default_factory=list)
     webhook: WebhookState = Field(default_factory=WebhookState)
+    callback: WebhookState | None = None  # the delivery to origin.callback_url, when the upload asked for one
+    origin: Origin = Field(default_factory=Origin)
     summary: JobSummary | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -399,6 +410,7 @@ class FinalOutcome(Contract):
     engines: list[str] = Field(default_factory=list)
     summary: JobSummary | None = None
     source: SourceRef | None = None
+    origin: Origin = Field(default_factory=Origin)
     chunks_done: int = 0
     chunks_total: int = 0
     created_at: datetime | None = None

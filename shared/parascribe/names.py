@@ -23,6 +23,15 @@ SUB_MERGER = "merger-push"
 SUB_DEAD_LETTER = "dead-letter-push"
 SUB_INGEST = "ingest-pull"
 
+# Custom metadata on an uploaded object: how a client asks for something other than the defaults, and where
+# an upload made on a user's behalf came from. The router reads them into the job's manifest.
+META_METHOD = "parascribe-method"
+META_DEADLINE = "parascribe-deadline-minutes"
+META_CALLBACK_URL = "parascribe-callback-url"
+META_REQUEST_ID = "parascribe-request-id"
+META_SOURCE_URL = "parascribe-source-url"
+META_TITLE = "parascribe-title"
+
 BUCKET_UPLOADS = "uploads"
 BUCKET_TRANSCRIPTS = "transcripts"
 BUCKET_STATE = "state"

@@ -23,7 +23,9 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             if node.module.startswith("parascribe"):
-                found.add(node.module)
+                # ``from parascribe import names`` imports the module names, not the package's __init__.
+                if node.module != "parascribe":
+                    found.add(node.module)
                 found.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("parascribe"))

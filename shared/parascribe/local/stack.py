@@ -4,10 +4,11 @@
 (:mod:`parascribe.local.supervisor`), which starts, in order: the Pub/Sub emulator
 and fake-gcs-server; the local Deepgram-compatible server (when no
 ``DEEPGRAM_API_KEY`` is set); a local webhook receiver standing in for Convex (when
-no ``CONVEX_WEBHOOK_URL`` is set); then the four services. The router is served by
+no ``CONVEX_WEBHOOK_URL`` is set); then the services. The router is served by
 functions-framework behind a push subscription, the Deepgram worker and the merger
-are push endpoints, and the ASR worker is a streaming-pull subscriber, exactly as in
-GCP. The supervisor restarts a service that exits, as Cloud Run would.
+are push endpoints, the ASR worker and the ingest worker pull their subscriptions,
+and the API serves HTTP with a local key, exactly as in GCP. The supervisor
+restarts a service that exits, as Cloud Run would.
 
 What is running is recorded in ``$PARASCRIBE_HOME/stack.json`` (default
 ``./.parascribe``), so ``down``, ``submit`` and ``status`` find it, and a second
@@ -30,7 +31,7 @@ from parascribe.local.emulators import LOOPBACK, stop_group
 log = logging.getLogger(__name__)
 
 STATE_FILE = "stack.json"
-SERVICES = ("merger", "deepgram_worker", "asr_worker", "router")
+SERVICES = ("merger", "deepgram_worker", "asr_worker", "router", "ingest_worker", "api")
 
 
 class StackError(RuntimeError):
@@ -78,6 +79,8 @@ class StackState:
     env: dict[str, str] = field(default_factory=dict)
     """Variables the services were started with (emulators, local Deepgram, webhook)."""
     webhook_secret: str | None = None
+    api_key: str | None = None
+    """The local API's bearer key (``parascribe up`` prints it; the API holds only its hash)."""
     supervisor_pid: int | None = None
     ready: bool = False
     """True once every part answered; the supervisor sets it."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 
 from parascribe import names
+from parascribe.api.auth import hash_api_key
 from parascribe.local.emulators import (
     EMULATOR_LOGS,
     LOCAL_PUSH_ACK_DEADLINE_S,
@@ -130,9 +131,14 @@ class Supervisor:
             env["CONVEX_WEBHOOK_URL"] = state.env["CONVEX_WEBHOOK_URL"] = f"http://{LOOPBACK}:{port}/parascribe/webhook"
             env["CONVEX_WEBHOOK_SECRET"] = state.webhook_secret
 
-        pushed = [s for s in SERVICES if s != "asr_worker"]
+        # The API and the ingest worker fetch what users point them at; on this machine that is often loopback.
+        env.setdefault("URL_ALLOW_LOOPBACK", "true")
+        state.api_key = secrets.token_urlsafe(32)
+        env["API_KEY_HASHES"] = ",".join(filter(None, (env.get("API_KEY_HASHES"), hash_api_key(state.api_key))))
+        pushed = [s for s in SERVICES if any(sub.service == s and sub.push_path for sub in names.SUBSCRIPTIONS)]
         for service in SERVICES:
             state.ports[service] = free_port()
+        env["API_PUBLIC_URL"] = state.url("api")
         for service in pushed:
             inner = free_port()
             deadline = min(LOCAL_PUSH_ACK_DEADLINE_S, max(sub.ack_deadline_s for sub in names.SUBSCRIPTIONS

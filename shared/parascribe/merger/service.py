@@ -25,6 +25,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from parascribe import metric_names as mn
+from parascribe.budget import record_spend
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -35,6 +36,7 @@ from parascribe.contracts import (
     JobFailed,
     JobManifest,
     JobStatus,
+    Origin,
     SourceRef,
     job_id_of,
     parse,
@@ -48,7 +50,7 @@ from parascribe.jobs import JobStore
 from parascribe.merger.formats import CONTENT_TYPES, output_name, render_all
 from parascribe.merger.stitch import stitch
 from parascribe.merger.summary import chunk_cost, summarise
-from parascribe.merger.webhook import WebhookNotifier
+from parascribe.merger.webhook import WebhookNotifier, undelivered
 from parascribe.metrics import MetricsExporter, label_value
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,10 @@ per object), however many chunks finish at once; the final status is always writ
 
 
 def is_finished(status: JobStatus | None) -> bool:
-    """Whether a job's status is final and its webhook settled (delivered, given up, or not configured)."""
-    return status is not None and status.final and status.webhook.state not in ("none", "pending")
+    """Whether a job's status is final and its webhook and callback settled (delivered, given up, or not configured)."""
+    if status is None or not status.final or status.webhook.state in ("none", "pending"):
+        return False
+    return not status.origin.callback_url or (status.callback is not None and status.callback.state != "pending")
 
 
 def chunk_failure_reason(result: ChunkResult, manifest: JobManifest) -> str:
@@ -168,7 +172,7 @@ class Merger:
                 self._jobs.status(failed.job_id) is None:
             log.warning("failure reported for unknown job %s ignored: %s", failed.job_id, failed.reason)
             return
-        self.finalise_failed(failed.job_id, failed.reason, source=failed.source)
+        self.finalise_failed(failed.job_id, failed.reason, source=failed.source, origin=failed.origin)
 
     def record_progress(self, manifest: JobManifest, done: int) -> None:
         """Move the status to ``transcribing done/n`` (throttled; never over a final status)."""
@@ -214,12 +218,14 @@ class Merger:
             outputs[fmt] = f"gs://{bucket}/{name}"
         self._claim(FinalOutcome(
             job_id=job_id, state="done", outputs=outputs, engines=summary.engines, summary=summary,
-            source=manifest.source, chunks_done=manifest.n_chunks, chunks_total=manifest.n_chunks,
-            created_at=manifest.created_at, finished_at=self._clock(), claimed_at=self._clock(),
+            source=manifest.source, origin=manifest.origin, chunks_done=manifest.n_chunks,
+            chunks_total=manifest.n_chunks, created_at=manifest.created_at, finished_at=self._clock(),
+            claimed_at=self._clock(),
         ), results)
 
     def finalise_failed(
-        self, job_id: str, reason: str, manifest: JobManifest | None = None, source: SourceRef | None = None
+        self, job_id: str, reason: str, manifest: JobManifest | None = None, source: SourceRef | None = None,
+        origin: Origin | None = None,
     ) -> None:
         """Fail a job once: status ``failed`` with ``reason``, webhook, metrics."""
         if self._jobs.is_final(job_id):
@@ -229,9 +235,11 @@ class Merger:
         manifest = manifest or self._jobs.manifest(job_id)
         results = self._jobs.chunk_results(job_id) if manifest else []
         summary = summarise(manifest, results, self._prices, complete=False)
+        if (origin is None or origin == Origin()) and manifest is not None:
+            origin = manifest.origin
         self._claim(FinalOutcome(
             job_id=job_id, state="failed", reason=reason, engines=summary.engines, summary=summary,
-            source=source or (manifest.source if manifest else None),
+            source=source or (manifest.source if manifest else None), origin=origin or Origin(),
             chunks_done=len(results), chunks_total=manifest.n_chunks if manifest else 0,
             created_at=manifest.created_at if manifest else None, finished_at=self._clock(), claimed_at=self._clock(),
         ), results)
@@ -257,6 +265,7 @@ class Merger:
             status.engines = list(outcome.engines)
             status.summary = outcome.summary
             status.source = status.source or outcome.source
+            status.origin = outcome.origin if outcome.origin != Origin() else status.origin
             status.chunks_done = max(status.chunks_done, outcome.chunks_done)
             status.chunks_total = outcome.chunks_total or status.chunks_total
             # A status the router already failed keeps the moment it ended: one job, one end.
@@ -267,14 +276,17 @@ class Merger:
 
         status = self._jobs.update_status(outcome.job_id, change)
         assert status is not None
-        webhook = self._notifier.notify(status)
+        self._notifier.notify(status)
         self._record_metrics(status, results)
-        if webhook.state != "webhook_failed":  # else the sweeper keeps watching it and sends the webhook again
+        delivered = self._jobs.status(outcome.job_id)
+        if delivered is not None and not undelivered(delivered):  # else the sweeper sends it again
             self._jobs.close(outcome.job_id)
 
     def resend_webhook(self, status: JobStatus) -> bool:
         """Send a finished job's webhook again (the sweeper, after the receiver was down); True when delivered."""
-        if self._notifier.notify(status).state == "webhook_failed":
+        self._notifier.notify(status, resend=True)
+        delivered = self._jobs.status(status.job_id)
+        if delivered is None or undelivered(delivered):
             return False
         self._jobs.close(status.job_id)
         return True
@@ -312,6 +324,9 @@ class Merger:
             labels = {"engine": r.engine, "path": r.path}
             rec(mn.AUDIO_SECONDS, r.audio_seconds, labels)
             rec(mn.PROCESSING_SECONDS, r.processing_seconds, labels)
+            if r.error is None:
+                rec(mn.SPEECH_SECONDS, r.audio_seconds if r.speech_s is None else r.speech_s, labels)
+                rec(mn.SKIPPED_SECONDS, r.skipped_s, labels)
             rec(mn.COST_USD, chunk_cost(r, self._prices), {"method": r.path})
             if r.fallback_reason:
                 from_path = "gpu" if r.path == "deepgram" else "deepgram"
@@ -319,6 +334,8 @@ class Merger:
         if status.state == "done" and status.summary is not None:
             rec(mn.SAVINGS_USD, status.summary.savings_usd)
         rec(mn.JOBS, 1, {"status": status.state})
+        record_spend(self._store, self._jobs, status, results, self._prices, self._exporter,
+                     self._settings.monthly_budget_usd)
         if status.finished_at is not None:
             latency = (status.finished_at - status.created_at).total_seconds()
             rec(mn.JOB_LATENCY_SECONDS, max(0.0, latency), {"status": status.state})

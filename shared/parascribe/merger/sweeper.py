@@ -29,6 +29,7 @@ from parascribe.contracts import JobStatus, utcnow
 from parascribe.errors import TransientError
 from parascribe.jobs import JobStore
 from parascribe.merger.service import Merger, is_finished
+from parascribe.merger.webhook import undelivered
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Sweeper:
 
     def _sweep_one(self, job_id: str, report: SweepReport) -> None:
         status = self._jobs.status(job_id)
-        if status is not None and status.final and status.webhook.state == "webhook_failed":
+        if status is not None and status.final and undelivered(status):
             self._resend(status, report)
             return
         if is_finished(status):

@@ -27,6 +27,13 @@ The job status records the state, the attempts and the last error; after the
 last failed try the state is ``webhook_failed`` and ``webhook_failures`` counts
 it. ``parascribe webhook redeliver JOB_ID`` (:func:`redeliver`) sends it again.
 
+Per-job callbacks: an upload that names a ``callback_url`` (the API's
+``callback_url``, carried in ``origin``) gets the same body, signed the same way
+with ``CALLBACK_WEBHOOK_SECRET`` (the Convex secret when unset), with the same
+retries, and its own record on the status (``callback``). Its address is checked
+before every attempt: no private, link-local or metadata hosts (loopback only
+with ``URL_ALLOW_LOOPBACK``, the local stack).
+
 The notifier reads only :class:`WebhookOptions`, built once from the settings
 with :meth:`WebhookOptions.from_settings`.
 """
@@ -56,6 +63,7 @@ from parascribe.contracts import JobStatus, WebhookState, utcnow
 from parascribe.errors import ConfigError, PermanentError
 from parascribe.jobs import JobStore
 from parascribe.metrics import MetricsExporter
+from parascribe.netguard import UnsafeUrlError, check_url
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,10 @@ class WebhookOptions:
     """``WEBHOOK_MAX_ATTEMPTS``: tries per delivery, the first included."""
     timeout_seconds: float
     """``WEBHOOK_TIMEOUT_SECONDS``: the timeout of one request."""
+    callback_secret: SecretStr | None = field(default=None, repr=False)
+    """``CALLBACK_WEBHOOK_SECRET``, else ``CONVEX_WEBHOOK_SECRET``: signs per-job callbacks."""
+    allow_loopback: bool = False
+    """``URL_ALLOW_LOOPBACK``: callbacks may reach loopback addresses (the local stack only)."""
 
     @classmethod
     def from_settings(cls, s: Settings) -> WebhookOptions:
@@ -91,6 +103,8 @@ class WebhookOptions:
             secret=s.convex_webhook_secret,
             max_attempts=s.webhook_max_attempts,
             timeout_seconds=s.webhook_timeout_seconds,
+            callback_secret=s.callback_webhook_secret or s.convex_webhook_secret,
+            allow_loopback=s.url_allow_loopback,
         )
 
 
@@ -173,6 +187,12 @@ def build_payload(status: JobStatus) -> dict[str, Any]:
     }
 
 
+def undelivered(status: JobStatus) -> bool:
+    """Whether a final job's webhook or callback failed and is worth sending again."""
+    return status.webhook.state == "webhook_failed" or \
+        (status.callback is not None and status.callback.state == "webhook_failed")
+
+
 def encode_payload(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
@@ -204,6 +224,9 @@ class WebhookNotifier:
         self._url = options.url
         secret = options.secret.get_secret_value() if options.secret else ""
         self._key = secret_bytes(secret) if self._url else b""
+        self._callback_key = secret_bytes(options.callback_secret.get_secret_value()) \
+            if options.callback_secret else None
+        self._allow_loopback = options.allow_loopback
         self._attempts = options.max_attempts
         self._timeout = options.timeout_seconds
         self._jobs = jobs
@@ -227,46 +250,74 @@ class WebhookNotifier:
         ceiling = min(self._cap, self._base * 2 ** (attempt - 1))
         return ceiling / 2 + self._rng() * ceiling / 2
 
-    def notify(self, status: JobStatus) -> WebhookState:
-        """Deliver the webhook for a final ``status`` and record the outcome on the job."""
-        if not self._url:
-            return self._record(status.job_id, WebhookState(state="disabled"))
-        self._record(status.job_id, WebhookState(state="pending"))
+    def notify(self, status: JobStatus, resend: bool = False) -> WebhookState:
+        """Deliver the webhook for a final ``status``, and its callback when it has one; record both on the job.
+
+        Args:
+            resend: skip a target that already has its delivery (the sweeper's and a redelivery's resend).
+
+        Returns:
+            The Convex webhook's state (``disabled`` when none is configured).
+        """
         body = encode_payload(build_payload(status))
+        if not self._url:
+            webhook = self._record(status.job_id, WebhookState(state="disabled"))
+        elif resend and status.webhook.state == "delivered":
+            webhook = status.webhook
+        else:
+            self._record(status.job_id, WebhookState(state="pending"))
+            webhook = self._record(status.job_id, self._deliver(status.job_id, self._url, self._key, body, "webhook"))
+        callback_url = status.origin.callback_url
+        if callback_url and not (resend and status.callback is not None and status.callback.state == "delivered"):
+            self._record(status.job_id, WebhookState(state="pending"), callback=True)
+            self._record(status.job_id, self._callback(status.job_id, callback_url, body), callback=True)
+        return webhook
+
+    def _callback(self, job_id: str, url: str, body: bytes) -> WebhookState:
+        if self._callback_key is None:
+            return WebhookState(state="disabled", last_error=(
+                "no signing secret for callbacks: set CALLBACK_WEBHOOK_SECRET (or CONVEX_WEBHOOK_SECRET)"))
+        try:
+            check_url(url, allow_loopback=self._allow_loopback)
+        except UnsafeUrlError as err:
+            log.warning("callback refused: %s", err.reason, extra={"job_id": job_id})
+            return WebhookState(state="disabled", last_error=f"not sent: {err.reason}")
+        return self._deliver(job_id, url, self._callback_key, body, "callback")
+
+    def _deliver(self, job_id: str, url: str, key: bytes, body: bytes, what: str) -> WebhookState:
+        """POST ``body`` to ``url`` with retries and backoff inside the retry budget."""
         started = self._clock()
         attempts, error = 0, ""
         while attempts < self._attempts:
             attempts += 1
-            ok, retry, error = self._send_once(status.job_id, body)
+            ok, retry, error = self._send_once(job_id, body, url, key)
             if ok:
-                log.info("webhook delivered", extra={"job_id": status.job_id, "attempt": attempts})
-                return self._record(status.job_id, WebhookState(state="delivered", attempts=attempts,
-                                                                delivered_at=utcnow()))
-            log.warning("webhook attempt %d failed: %s", attempts, error, extra={"job_id": status.job_id})
+                log.info("%s delivered", what, extra={"job_id": job_id, "attempt": attempts})
+                return WebhookState(state="delivered", attempts=attempts, delivered_at=utcnow())
+            log.warning("%s attempt %d failed: %s", what, attempts, error, extra={"job_id": job_id})
             if not retry or attempts >= self._attempts:
                 break
             delay = self.backoff(attempts)
             if self._clock() - started + delay > self._budget:
-                log.warning("webhook retry budget of %.0f s spent", self._budget, extra={"job_id": status.job_id})
+                log.warning("%s retry budget of %.0f s spent", what, self._budget, extra={"job_id": job_id})
                 break
             self._sleep(delay)
         if self._exporter is not None:
             self._exporter.record(mn.WEBHOOK_FAILURES, 1)
-        log.error("webhook failed after %d attempt(s): %s; redeliver with `parascribe webhook redeliver %s`",
-                  attempts, error, status.job_id, extra={"job_id": status.job_id})
-        return self._record(status.job_id, WebhookState(state="webhook_failed", attempts=attempts, last_error=error))
+        log.error("%s failed after %d attempt(s): %s; redeliver with `parascribe webhook redeliver %s`",
+                  what, attempts, error, job_id, extra={"job_id": job_id})
+        return WebhookState(state="webhook_failed", attempts=attempts, last_error=error)
 
-    def _send_once(self, job_id: str, body: bytes) -> tuple[bool, bool, str]:
+    def _send_once(self, job_id: str, body: bytes, url: str, key: bytes) -> tuple[bool, bool, str]:
         """One POST: (delivered, worth retrying, error)."""
-        assert self._url is not None
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
             "webhook-id": job_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self._key, job_id, timestamp, body),
+            "webhook-signature": sign(key, job_id, timestamp, body),
         }
-        attempt = self._senders.submit(self._client.post, self._url, content=body, headers=headers,
+        attempt = self._senders.submit(self._client.post, url, content=body, headers=headers,
                                        timeout=self._timeout)
         try:
             response = attempt.result(timeout=self._timeout)
@@ -281,11 +332,14 @@ class WebhookNotifier:
         detail = f"HTTP {code}: {response.text[:200]}".strip()
         return False, code >= 500 or code in _RETRYABLE_4XX, detail
 
-    def _record(self, job_id: str, state: WebhookState) -> WebhookState:
+    def _record(self, job_id: str, state: WebhookState, callback: bool = False) -> WebhookState:
         def change(current: JobStatus | None) -> JobStatus | None:
             if current is None:
                 return None
-            current.webhook = state
+            if callback:
+                current.callback = state
+            else:
+                current.webhook = state
             return current
 
         self._jobs.update_status(job_id, change)

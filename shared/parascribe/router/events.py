@@ -14,13 +14,16 @@ import logging
 import math
 from datetime import datetime
 from typing import Any, get_args
+from urllib.parse import urlsplit
 
 from cloudevents.http import CloudEvent
 from pydantic import TypeAdapter, ValidationError
 
-from parascribe.contracts import META_DEADLINE, META_METHOD, Method, SourceRef, UploadEvent
+from parascribe.contracts import Method, Origin, SourceRef, UploadEvent
+from parascribe.contracts_api import is_request_id
 from parascribe.errors import MalformedMessageError
 from parascribe.gcp.pubsub import Message
+from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +115,39 @@ def _upload(resource: dict[str, Any], attributes: dict[str, str], ce_time: Any) 
     except ValidationError as err:
         raise MalformedMessageError(f"object notification for gs://{bucket}/{name}: {err.errors()[0]['msg']}") from None
     metadata = resource.get("metadata") or {}
-    method, deadline, problems = _requested(metadata if isinstance(metadata, dict) else {})
+    metadata = metadata if isinstance(metadata, dict) else {}
+    method, deadline, problems = _requested(metadata)
+    origin = _origin(metadata, problems)
     return UploadEvent(
         source=source,
         event_time=_time(resource.get("timeCreated") or ce_time),
         method=method,
         deadline_minutes=deadline,
         metadata_error="; ".join(problems) or None,
+        origin=origin,
     )
+
+
+def _origin(metadata: dict[str, Any], problems: list[str]) -> Origin:
+    """Where an upload made by the API or the ingest worker came from, and its callback.
+
+    The callback URL is only checked for shape here; the merger checks its address
+    (no private or metadata hosts) each time it sends.
+    """
+    def text(key: str, limit: int = 2048) -> str | None:
+        value = metadata.get(key)
+        return str(value)[:limit] if value not in (None, "") else None
+
+    callback = text(META_CALLBACK_URL, limit=4096)
+    if callback is not None and (len(callback) > 2048 or urlsplit(callback).scheme not in ("http", "https")
+                                 or not urlsplit(callback).hostname):
+        problems.append(f"{META_CALLBACK_URL} {callback[:80]!r} is not an http(s) URL of at most 2048 characters")
+        callback = None
+    request_id = text(META_REQUEST_ID, limit=64)
+    if request_id is not None and not is_request_id(request_id):
+        request_id = None
+    return Origin(request_id=request_id, source_url=text(META_SOURCE_URL), title=text(META_TITLE, limit=300),
+                  callback_url=callback)
 
 
 def _requested(metadata: dict[str, Any]) -> tuple[Method | None, float | None, list[str]]:

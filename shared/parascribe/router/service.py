@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from cloudevents.http import CloudEvent
 
 from parascribe import names
+from parascribe.budget import Ledger, month_of
 from parascribe.config import Settings
 from parascribe.contracts import (
     ChunkSpec,
@@ -23,6 +25,7 @@ from parascribe.contracts import (
     JobManifest,
     JobStatus,
     Method,
+    Origin,
     SourceRef,
     UploadEvent,
     utcnow,
@@ -31,8 +34,10 @@ from parascribe.errors import PermanentError, TransientError, is_transient
 from parascribe.gcp.pubsub import Outgoing, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore, job_prefix
+from parascribe.router.capacity import GpuCapacity, capacity_from_settings
 from parascribe.router.events import parse_event
-from parascribe.router.planner import PlannerOptions, is_whole_file, make_plan
+from parascribe.router.planner import PlannerOptions, is_whole_file
+from parascribe.router.policy import BudgetInput, plan_job
 from parascribe.router.probe import probe
 
 log = logging.getLogger(__name__)
@@ -46,12 +51,18 @@ def published_marker(job_id: str) -> str:
 class Router:
     """Probes, validates and plans an upload, then publishes its chunk tasks."""
 
-    def __init__(self, settings: Settings, store: BlobStore, publisher: Publisher, jobs: JobStore) -> None:
+    def __init__(self, settings: Settings, store: BlobStore, publisher: Publisher, jobs: JobStore,
+                 capacity: GpuCapacity | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        """``capacity`` defaults to the state bucket alone (:mod:`parascribe.router.capacity`)."""
         self._settings = settings
         self._planner = PlannerOptions.from_settings(settings)
         self._store = store
         self._publisher = publisher
         self._jobs = jobs
+        self._capacity = capacity or capacity_from_settings(settings, jobs, monitoring=False)
+        self._ledger = Ledger(store, jobs.bucket)
+        self._clock = clock
+        self._spend: tuple[float, str, float] | None = None
 
     def handle_event(self, event: CloudEvent) -> None:
         """Parse and route one event, mapping errors to ack (return) or retry (raise).
@@ -97,7 +108,7 @@ class Router:
             try:
                 manifest = self._new_manifest(upload, job_id)
             except PermanentError as err:
-                self._fail(job_id, source, err.reason)
+                self._fail(job_id, source, err.reason, upload.origin)
                 return
             if not self._jobs.create_manifest(manifest):
                 stored = self._jobs.manifest(job_id)
@@ -111,6 +122,7 @@ class Router:
             job_id,
             lambda current: None if current is not None else JobStatus(
                 job_id=job_id, state="queued", chunks_total=final_manifest.n_chunks, source=source,
+                origin=final_manifest.origin,
             ),
         )
         self._jobs.mark_open(job_id)
@@ -134,17 +146,10 @@ class Router:
         audio = probe(self._store, source, s.max_audio_minutes * 60.0)
         requested: Method = upload.method or s.transcription_method
         deadline_minutes = upload.deadline_minutes or s.default_deadline_minutes
-        plan = make_plan(audio.duration_s, self._planner, requested, deadline_minutes * 60.0, size_bytes=source.size,
-                         audio=audio)
-        paths = [c.path for c in plan.chunks]
-        log.info(
-            "planned %s: %.1f s in %d chunks (gpu %d, deepgram %d%s), method %s (asked %s), "
-            "estimated %.0f s against a %.0f min deadline%s, cost $%.4f vs $%.4f all-Deepgram",
-            source.uri, audio.duration_s, len(paths), paths.count("gpu"), paths.count("deepgram"),
-            ", whole file" if plan.whole_file else "", plan.method, requested, plan.estimated_finish_s,
-            deadline_minutes, "" if plan.meets_deadline else " (misses it)", plan.estimated_cost_usd,
-            plan.estimated_deepgram_only_usd, extra={"job_id": job_id},
-        )
+        plan, why = plan_job(audio.duration_s, self._planner, requested, deadline_minutes * 60.0,
+                             self._capacity.capacity(), self._budget(), size_bytes=source.size, audio=audio)
+        log.info("planned %s: %s | %s", source.uri, why.summary, why.model_dump_json(exclude={"summary"}),
+                 extra={"job_id": job_id})
         return JobManifest(
             job_id=job_id,
             source=source,
@@ -155,7 +160,24 @@ class Router:
             estimated_cost_usd=plan.estimated_cost_usd,
             estimated_deepgram_only_usd=plan.estimated_deepgram_only_usd,
             estimated_finish_s=plan.estimated_finish_s,
+            origin=upload.origin,
+            plan=why,
         )
+
+    def _budget(self) -> BudgetInput:
+        """The month's spend from the ledger, read at most once per ``BACKLOG_CACHE_SECONDS``."""
+        s = self._settings
+        month = month_of()
+        if s.monthly_budget_usd is None:
+            return BudgetInput(None, None, s.budget_exhausted_policy, month)
+        now = self._clock()
+        if self._spend is None or self._spend[1] != month or now - self._spend[0] >= s.backlog_cache_seconds:
+            try:
+                self._spend = (now, month, self._ledger.month_total(month).spent_usd)
+            except Exception as err:  # an unreadable ledger must not stop transcription: plan and say so
+                log.warning("cannot read the budget ledger: %s", err)
+                return BudgetInput(s.monthly_budget_usd, None, s.budget_exhausted_policy, month, f"ledger: {err}")
+        return BudgetInput(s.monthly_budget_usd, self._spend[2], s.budget_exhausted_policy, month)
 
     def _publish(self, manifest: JobManifest) -> None:
         whole = is_whole_file(manifest.chunks, manifest.audio, manifest.source.size)
@@ -175,10 +197,10 @@ class Router:
         self._publisher.publish_many(outgoing)
         log.info("published %d chunk tasks", manifest.n_chunks, extra={"job_id": manifest.job_id})
 
-    def _fail(self, job_id: str, source: SourceRef, reason: str) -> None:
+    def _fail(self, job_id: str, source: SourceRef, reason: str, origin: Origin) -> None:
         """Report a job that cannot run. JobFailed goes first so a redelivery still sends it."""
         log.warning("rejecting %s: %s", source.uri, reason, extra={"job_id": job_id})
-        rejected = JobFailed(job_id=job_id, reason=reason, source=source)
+        rejected = JobFailed(job_id=job_id, reason=reason, source=source, origin=origin)
         self._publisher.publish(names.TOPIC_ASR_RESULTS, rejected, rejected.attributes())
 
         def failed(current: JobStatus | None) -> JobStatus | None:
@@ -188,6 +210,7 @@ class Router:
             status.state = "failed"
             status.reason = reason
             status.source = source
+            status.origin = origin
             status.finished_at = utcnow()
             return status
 
