@@ -15,6 +15,12 @@ address it resolves to must be public. :class:`GuardedHttp` fetches with httpx a
   second answer (DNS rebinding) cannot move the connection to another address;
 - ignores proxy variables (``trust_env=False``), since a proxy would connect for us.
 
+Names are refused before they are resolved when they can only mean the metadata server,
+this machine (``localhost``) or a private network (``*.internal``); IP literals, in every form
+a resolver accepts (``2852039166``, ``0x7f.1``, ``[::ffff:a9fe:a9fe]``), are judged without
+asking DNS. The API checks submitted URLs with this module too, so there is one definition
+of a forbidden address.
+
 What remains: a name on the deny list is matched as written, so an attacker's own
 name for the metadata address is caught by its address, not its name.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +48,7 @@ METADATA_ADDRESSES = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddre
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+")
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -48,7 +56,20 @@ Resolver = Callable[[str, int], list[str]]
 
 
 class UnsafeUrlError(PermanentError):
-    """The URL may not be fetched: a scheme other than http(s), or a host that is, or resolves to, a private address."""
+    """The URL may not be fetched: a scheme other than http(s), or a host that is, or resolves to, a private address.
+
+    Attributes:
+        host: the URL's host, when the host is what is refused.
+        problem: what the host or its address is (``"a private address"``), when that is why.
+        address: the address refused, when it was an address (None for a name refused as written).
+    """
+
+    def __init__(self, reason: str, *, host: str | None = None, problem: str | None = None,
+                 address: IP | None = None) -> None:
+        super().__init__(reason)
+        self.host = host
+        self.problem = problem
+        self.address = address
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -90,6 +111,31 @@ def forbidden_reason(address: IP, allow_loopback: bool = False) -> str | None:
         if test:
             return what
     return None
+
+
+def host_problem(host: str, allow_loopback: bool = False) -> str | None:
+    """Why a host *name* may not be reached as written (lower case, no trailing dot), or None."""
+    if host in METADATA_HOSTS:
+        return "the metadata server"
+    if host == "localhost" or host.endswith(".localhost"):
+        return None if allow_loopback else "this machine's loopback name"
+    if host.endswith(".internal"):
+        return "a private network name"
+    return None
+
+
+def literal_address(host: str) -> IP | None:
+    """The address ``host`` spells out, in any form a resolver accepts (``127.1``, ``0x7f.0.0.1``); None for a name."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not _LEGACY_IPV4.fullmatch(host) or not any(c.isdigit() for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -142,20 +188,20 @@ def check_url(url: str, allow_loopback: bool = False, resolve: Resolver | None =
         raise UnsafeUrlError(f"the URL {url!r} has no host")
     if parts.username is not None or parts.password is not None:
         raise UnsafeUrlError("URLs with a user name or password cannot be fetched")
-    if host in METADATA_HOSTS:
-        raise UnsafeUrlError(f"the URL's host {host} is the metadata server, which may not be fetched")
+    problem = host_problem(host, allow_loopback)
+    if problem is not None:
+        raise UnsafeUrlError(f"the URL's host {host} is {problem}, which may not be fetched",
+                             host=host, problem=problem)
     port = port or (443 if scheme == "https" else 80)
-    try:
-        literal: IP | None = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
+    literal = literal_address(host)
     raw = [str(literal)] if literal is not None else (resolve or system_resolver)(host, port)
     addresses: list[IP] = []
     for text in raw:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         why = forbidden_reason(address, allow_loopback)
         if why is not None:
-            raise UnsafeUrlError(f"the URL's host {host} resolves to {address}, {why}, which may not be fetched")
+            raise UnsafeUrlError(f"the URL's host {host} resolves to {address}, {why}, which may not be fetched",
+                                 host=host, problem=why, address=address)
         if address not in addresses:
             addresses.append(address)
     if not addresses:

@@ -39,10 +39,10 @@ from parascribe.errors import TransientError
 from parascribe.gcp.pubsub import Message, PubSubPublisher
 from parascribe.gcp.storage import GcsStore
 from parascribe.ingest.app import build, build_ingestor
-from parascribe.ingest.records import record_path
 from parascribe.ingest.service import Ingestor, Outcome
 from parascribe.local.emulators import Emulators, free_port
 from parascribe.names import META_CALLBACK_URL, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
+from parascribe.requests_store import record_name
 from tests.media import MediaServer, audio_packets, write_hls, write_mp4
 from tests.speech import speak
 
@@ -107,7 +107,7 @@ def ingest(ingestor: Ingestor, url: str, **fields: Any) -> tuple[IngestRequest, 
 
 
 def record(store: GcsStore, settings: Settings, rid: str) -> ApiRequest:
-    blob = store.read(settings.state_bucket, record_path(rid))
+    blob = store.read(settings.state_bucket, record_name(rid))
     assert blob is not None
     return ApiRequest.model_validate_json(blob.data)
 
@@ -138,7 +138,7 @@ def test_direct_mp4_keeps_the_aac_track_as_it_is(ingestor: Ingestor, store: GcsS
                                                   server: str, media: Media) -> None:
     rid = request_id()
     # The API's own record exists: the worker updates it rather than replacing it.
-    store.write(settings.state_bucket, record_path(rid),
+    store.write(settings.state_bucket, record_name(rid),
                 ApiRequest(request_id=rid, url=f"{server}/talk.mp4").to_bytes(), if_generation_match=0)
     req = IngestRequest(request_id=rid, url=f"{server}/talk.mp4", method="deepgram", deadline_minutes=30,
                         callback_url="https://example.com/hook")
@@ -223,7 +223,7 @@ def test_worker_acks_what_it_settles(settings: Settings, store: GcsStore, server
         states: dict[str, str | None] = {}
         while time.monotonic() < deadline:
             states = {rid: (b and ApiRequest.model_validate_json(b.data).state)
-                      for rid in (good, bad) for b in [store.read(settings.state_bucket, record_path(rid))]}
+                      for rid in (good, bad) for b in [store.read(settings.state_bucket, record_name(rid))]}
             if states == {good: "submitted", bad: "failed"}:
                 break
             time.sleep(0.3)

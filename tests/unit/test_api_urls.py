@@ -1,4 +1,4 @@
-"""The API's early URL check: http(s) only, and no host that is the metadata server or not public, by its text."""
+"""The API's URL check: its own reasons for the URL's form, netguard's rules for hosts and addresses (resolved)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,19 @@ import ipaddress
 
 import pytest
 
-from parascribe.api.urls import MAX_URL_LENGTH, UrlRejected, address_problem, check_url, literal_ip
+from parascribe.api.urls import MAX_URL_LENGTH, UrlRejected, check_url
+from parascribe.errors import TransientError
+from parascribe.netguard import UnsafeUrlError, forbidden_reason, literal_address
+
+PUBLIC = "93.184.215.14"
+DNS = {"www.youtube.com": [PUBLIC], "example.com": [PUBLIC, "2606:2800:220:1::1"], "localhost": ["127.0.0.1"],
+       "api.localhost": ["127.0.0.1"], "rebind.example": [PUBLIC, "10.9.8.7"], "meta.example": ["169.254.169.254"]}
+
+
+def dns(host: str, port: int) -> list[str]:
+    if host not in DNS:
+        raise UnsafeUrlError(f"the host {host} does not resolve (Name or service not known)")
+    return DNS[host]
 
 
 @pytest.mark.parametrize("url", [
@@ -18,7 +30,7 @@ from parascribe.api.urls import MAX_URL_LENGTH, UrlRejected, address_problem, ch
     "https://example.com./trailing-dot",
 ])
 def test_public_urls_pass_unchanged(url: str) -> None:
-    assert check_url(url) == url
+    assert check_url(url, resolve=dns) == url
 
 
 @pytest.mark.parametrize("url,reason", [
@@ -36,7 +48,7 @@ def test_public_urls_pass_unchanged(url: str) -> None:
 ])
 def test_malformed_or_non_http_urls_are_refused_with_a_reason(url: str, reason: str) -> None:
     with pytest.raises(UrlRejected, match=reason):
-        check_url(url)
+        check_url(url, resolve=dns)
 
 
 @pytest.mark.parametrize("url,problem", [
@@ -53,7 +65,9 @@ def test_malformed_or_non_http_urls_are_refused_with_a_reason(url: str, reason: 
     ("http://[fe80::1]/", "link-local"),
     ("http://0.0.0.0/", "unspecified"),
     ("http://224.0.0.1/", "multicast"),
-    ("http://100.64.0.1/", "reserved"),
+    ("http://100.64.0.1/", "carrier-grade NAT"),
+    ("http://240.0.0.1/", "reserved"),
+    ("http://[64:ff9b::a00:1]/", "private address"),  # NAT64 of 10.0.0.1
     ("http://127.0.0.1:8080/", "loopback"),
     ("http://[::1]/", "loopback"),
     ("http://[::ffff:169.254.169.254]/", "metadata server"),
@@ -65,31 +79,49 @@ def test_malformed_or_non_http_urls_are_refused_with_a_reason(url: str, reason: 
     ("http://localhost:9000/", "this machine"),
     ("http://api.localhost/", "this machine"),
     ("http://db.c.my-project.internal/", "private network name"),
+    ("http://rebind.example/", r"private address \(rebind.example resolves to 10.9.8.7\)"),
+    ("http://meta.example/", "metadata server"),
+    ("http://nowhere.example/", "does not resolve"),
 ])
 def test_hosts_that_are_not_public_are_refused(url: str, problem: str) -> None:
     with pytest.raises(UrlRejected, match=problem) as info:
-        check_url(url, what="callback_url")
+        check_url(url, what="callback_url", resolve=dns)
     assert info.value.reason.startswith("callback_url ")
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "http://localhost:3000/x", "http://[::1]/",
                                  "http://0x7f.1/"])
 def test_allow_loopback_lets_loopback_through(url: str) -> None:
-    assert check_url(url, allow_loopback=True) == url
+    assert check_url(url, allow_loopback=True, resolve=dns) == url
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.1/x", "http://169.254.169.254/", "http://metadata.google.internal/",
                                  "http://192.168.0.2/", "file:///etc/passwd"])
 def test_allow_loopback_allows_nothing_else(url: str) -> None:
     with pytest.raises(UrlRejected):
-        check_url(url, allow_loopback=True)
+        check_url(url, allow_loopback=True, resolve=dns)
 
 
-def test_names_are_not_resolved_here() -> None:
-    assert literal_ip("example.com") is None and literal_ip("cafe.be") is None and literal_ip("deadbeef") is None
-    assert literal_ip("2130706433") == ipaddress.ip_address("127.0.0.1")
+def test_literals_are_judged_without_asking_the_resolver() -> None:
+    def never(host: str, port: int) -> list[str]:
+        raise AssertionError(f"{host} was resolved")
+
+    assert literal_address("example.com") is None and literal_address("cafe.be") is None
+    assert literal_address("deadbeef") is None
+    assert literal_address("2130706433") == ipaddress.ip_address("127.0.0.1")
+    assert check_url("https://8.8.8.8/a.mp3", resolve=never) == "https://8.8.8.8/a.mp3"
+    with pytest.raises(UrlRejected, match=r"metadata server \(0xa9.0xfe.0xa9.0xfe, that is 169.254.169.254\)"):
+        check_url("http://0xa9.0xfe.0xa9.0xfe/", resolve=never)
+
+
+def test_a_resolver_failure_is_transient_not_a_rejection() -> None:
+    def down(host: str, port: int) -> list[str]:
+        raise TransientError(f"resolving {host}: Temporary failure in name resolution")
+
+    with pytest.raises(TransientError):
+        check_url("https://example.com/a.mp3", resolve=down)
 
 
 def test_public_addresses_have_no_problem() -> None:
-    assert address_problem(ipaddress.ip_address("1.1.1.1")) is None
-    assert address_problem(ipaddress.ip_address("2606:4700:4700::1111")) is None
+    assert forbidden_reason(ipaddress.ip_address("1.1.1.1")) is None
+    assert forbidden_reason(ipaddress.ip_address("2606:4700:4700::1111")) is None

@@ -35,6 +35,7 @@ from parascribe.merger.dead_letter import DeadLetters
 from parascribe.merger.formats import FORMATS, output_name
 from parascribe.merger.service import PROGRESS_INTERVAL_S, Merger
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
+from parascribe.requests_store import RequestStore
 from tests.fakes import MemoryStore, RecordingExporter, RecordingPublisher
 
 SECRET = "whsec_" + base64.b64encode(b"parascribe-test-secret-0123456789").decode()
@@ -124,7 +125,8 @@ class Rig:
                                         sleep=lambda s: None)
         self.merger = Merger(self.settings, self.store, self.jobs, self.publisher, self.exporter, self.notifier,
                              progress_interval_s=progress_interval_s, clock=clock)
-        self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher,
+        self.requests = RequestStore(self.store, self.settings.state_bucket, sleep=lambda s: None)
+        self.dead_letters = DeadLetters(self.merger, self.jobs, self.publisher, requests=self.requests,
                                         uploads_bucket=self.settings.uploads_bucket,
                                         enable_fallback=self.settings.enable_fallback)
 

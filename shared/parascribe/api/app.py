@@ -31,7 +31,6 @@ from parascribe.api.models import (
     UploadBody,
     UploadSession,
 )
-from parascribe.api.requests_store import GcsPagedLister, RequestStore, new_request_id
 from parascribe.api.uploads import GcsUploads, UploadOptions, Uploads, parse_gcs_uri, safe_filename, upload_prefix
 from parascribe.api.urls import UrlRejected, check_url
 from parascribe.api.views import JobsView, describe
@@ -42,6 +41,8 @@ from parascribe.errors import TransientError
 from parascribe.gcp.pubsub import Publisher, PubSubPublisher
 from parascribe.gcp.storage import BlobStore, GcsStore
 from parascribe.jobs import JobStore
+from parascribe.netguard import Resolver
+from parascribe.requests_store import GcsPagedLister, RequestStore, new_request_id
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,15 @@ class Deps:
     requests: RequestStore
     jobs: JobStore
     view: JobsView
+    resolve: Resolver | None = None
 
 
 def build(settings: Settings, *, store: BlobStore | None = None, publisher: Publisher | None = None,
-          uploads: Uploads | None = None, requests: RequestStore | None = None) -> FastAPI:
+          uploads: Uploads | None = None, requests: RequestStore | None = None,
+          resolve: Resolver | None = None) -> FastAPI:
     """The API app over real GCS and Pub/Sub, or over what the caller passes in.
+
+    ``resolve`` is how submitted URLs' hosts are resolved for the SSRF check (the system's DNS when None).
 
     Raises:
         ConfigError: API_KEY_HASHES is empty or malformed.
@@ -85,7 +90,7 @@ def build(settings: Settings, *, store: BlobStore | None = None, publisher: Publ
     requests = requests or RequestStore(store, settings.state_bucket, lister)
     jobs = JobStore(store, settings.state_bucket)
     deps = Deps(settings=settings, keys=keys, store=store, publisher=publisher or PubSubPublisher(settings.gcp_project),
-                uploads=uploads, requests=requests, jobs=jobs, view=JobsView(requests, jobs, uploads))
+                uploads=uploads, requests=requests, jobs=jobs, view=JobsView(requests, jobs, uploads), resolve=resolve)
     return _app(deps)
 
 
@@ -185,7 +190,7 @@ def _status_url(deps: Deps, request: Request, request_id: str) -> str:
 
 def _checked(url: str, deps: Deps, what: str) -> str:
     try:
-        return check_url(url, allow_loopback=deps.settings.url_allow_loopback, what=what)
+        return check_url(url, allow_loopback=deps.settings.url_allow_loopback, what=what, resolve=deps.resolve)
     except UrlRejected as err:
         raise ApiError(422, err.reason) from None
 
@@ -200,11 +205,8 @@ def _record(deps: Deps, body: JobOptions, **fields: Any) -> ApiRequest:
 
 
 def _fail(deps: Deps, request_id: str, reason: str) -> None:
-    def failed(current: ApiRequest) -> ApiRequest:
-        return current.model_copy(update={"state": "failed", "reason": reason})
-
     try:
-        deps.requests.update(request_id, failed)
+        deps.requests.fail(request_id, reason)
     except Exception:  # the caller already answers with the first error; this is bookkeeping
         log.exception("could not mark request %s failed", request_id)
 

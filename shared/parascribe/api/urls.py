@@ -1,26 +1,25 @@
-"""The API's early check of a URL it is asked to fetch or call back: scheme and literal host only.
+"""The API's check of a URL it is asked to fetch or call back, before anything is queued.
 
-This refuses what is wrong on its face, before anything is queued: a scheme other than
-http(s), credentials in the URL, and a host that names the metadata server or a
-loopback, private, link-local or otherwise non-public address literally (including the
-legacy IPv4 forms a resolver still accepts, such as ``2852039166`` or ``0x7f.1``). It does
-not resolve names: the ingest worker checks every address a name resolves to, and every
-redirect, when it fetches. ``URL_ALLOW_LOOPBACK`` (the local stack) allows loopback only.
+The form is checked here, with reasons for the person who sent it: length, spaces, an
+http(s) scheme, no credentials, a host. Which hosts and addresses are forbidden is
+:mod:`parascribe.netguard`'s to say (the ingest worker and the webhook sender use it
+too): the metadata server, loopback, private, link-local and other non-public
+addresses, by name, as a literal in any form, or as what the name resolves to.
+``URL_ALLOW_LOOPBACK`` (the local stack) allows loopback only.
+
+Resolving blocks the request's worker thread for as long as DNS takes (the resolver's
+own timeout, a few seconds at worst); a resolver failure is a 503, a name that does not
+exist a 422. The ingest worker checks again, with every redirect, when it fetches.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import socket
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
+
+from parascribe.netguard import Resolver, UnsafeUrlError, literal_address
+from parascribe.netguard import check_url as guard
 
 MAX_URL_LENGTH = 2048
-_METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "metadata.goog"})
-_METADATA_IPS = frozenset({ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")})
-_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+")
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class UrlRejected(ValueError):
@@ -31,16 +30,18 @@ class UrlRejected(ValueError):
         self.reason = reason
 
 
-def check_url(url: str, *, allow_loopback: bool = False, what: str = "url") -> str:
-    """Return ``url`` when it may be fetched or called, judged by its text alone.
+def check_url(url: str, *, allow_loopback: bool = False, what: str = "url", resolve: Resolver | None = None) -> str:
+    """Return ``url`` (stripped) when it may be fetched or called.
 
     Args:
         url: the URL as the client sent it.
         allow_loopback: accept loopback hosts (``localhost``, 127.0.0.0/8, ::1); nothing else private.
         what: the field's name, for the reason.
+        resolve: how names are resolved; :func:`parascribe.netguard.system_resolver` when None.
 
     Raises:
         UrlRejected: with a reason naming ``what``.
+        TransientError: the resolver failed (it may answer later).
     """
     text = url.strip()
     if not text:
@@ -60,59 +61,25 @@ def check_url(url: str, *, allow_loopback: bool = False, what: str = "url") -> s
         raise UrlRejected(f"{what} must be an http:// or https:// URL (scheme: {shown})")
     if parts.username is not None or parts.password is not None:
         raise UrlRejected(f"{what} must not carry credentials (user:password@host); use a signed or public URL")
-    _check_host(parts, allow_loopback, what)
+    if not (parts.hostname or "").rstrip("."):
+        raise UrlRejected(f"{what} has no host")
+    try:
+        guard(text, allow_loopback, resolve)
+    except UnsafeUrlError as err:
+        raise UrlRejected(_reason(err, what)) from None
     return text
 
 
-def _check_host(parts: SplitResult, allow_loopback: bool, what: str) -> None:
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host:
-        raise UrlRejected(f"{what} has no host")
-    if host in _METADATA_HOSTS:
-        raise UrlRejected(f"{what} points at the metadata server ({host}), which is never fetched")
-    if host == "localhost" or host.endswith(".localhost"):
-        if allow_loopback:
-            return
-        raise UrlRejected(f"{what} points at this machine ({host}); give a public address")
-    if host.endswith(".internal"):
-        raise UrlRejected(f"{what} points at a private network name ({host}); give a public address")
-    ip = literal_ip(host)
-    if ip is not None:
-        problem = address_problem(ip, allow_loopback)
-        if problem:
-            raise UrlRejected(f"{what} points at {problem} ({ip}); give a public address")
-
-
-def literal_ip(host: str) -> IpAddress | None:
-    """The address ``host`` spells out literally, in any form a resolver accepts; None for a name."""
-    try:
-        ip: IpAddress = ipaddress.ip_address(host)
-    except ValueError:
-        if not _LEGACY_IPV4.fullmatch(host) or not any(c.isdigit() for c in host):
-            return None
-        try:
-            ip = ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def address_problem(ip: IpAddress, allow_loopback: bool = False) -> str | None:
-    """What is wrong with fetching from ``ip`` (a phrase), or None for a public address."""
-    if ip in _METADATA_IPS:
-        return "the metadata server"
-    if ip.is_loopback:
-        return None if allow_loopback else "a loopback address"
-    if ip.is_unspecified:
-        return "the unspecified address"
-    if ip.is_link_local:
-        return "a link-local address"
-    if ip.is_multicast:
-        return "a multicast address"
-    if ip.is_private:
-        return "a private address"
-    if ip.is_reserved or not ip.is_global:
-        return "a reserved address"
-    return None
+def _reason(err: UnsafeUrlError, what: str) -> str:
+    if err.problem is None:
+        return f"{what} cannot be fetched: {err.reason}"
+    host = err.host or ""
+    if err.address is None or host == str(err.address):
+        where = host or str(err.address)
+    elif literal_address(host) is not None:
+        where = f"{host}, that is {err.address}"
+    else:
+        where = f"{host} resolves to {err.address}"
+    advice = ", which is never fetched" if err.problem.startswith("the metadata server") else \
+        "; give a public address"
+    return f"{what} points at {err.problem} ({where}){advice}"

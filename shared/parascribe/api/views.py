@@ -13,11 +13,11 @@ import re
 from typing import Any
 
 from parascribe.api.errors import ApiError
-from parascribe.api.requests_store import RequestStore
 from parascribe.api.uploads import Uploads, request_id_of, upload_prefix
 from parascribe.contracts import JobStatus, make_job_id
 from parascribe.contracts_api import ApiRequest, is_request_id
 from parascribe.jobs import JobStore
+from parascribe.requests_store import RequestStore
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"j[0-9a-f]{20}")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from parascribe.config import Settings
 from parascribe.gcp.storage import GcsStore
-from parascribe.ingest.records import GcsUploader
 from parascribe.ingest.resolve import Resolver
 from parascribe.ingest.service import Ingestor
+from parascribe.ingest.uploader import GcsUploader
 from parascribe.ingest.worker import IngestWorker
 from parascribe.ingest.ytdlp import YtDlpResolver, site_extractor_claims
 from parascribe.netguard import GuardedHttp

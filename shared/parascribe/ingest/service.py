@@ -28,11 +28,12 @@ from parascribe.errors import MalformedMessageError, is_transient
 from parascribe.gcp.pubsub import Message
 from parascribe.gcp.storage import BlobStore, ObjectInfo
 from parascribe.ingest.httpio import Budget, HttpReader, SegmentReader
-from parascribe.ingest.records import RequestRecords, Uploader, request_id_of, seed_of
 from parascribe.ingest.remux import Extracted, extract_audio, too_long
 from parascribe.ingest.resolve import Resolved, Resolver
+from parascribe.ingest.uploader import Uploader
 from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
 from parascribe.netguard import GuardedHttp
+from parascribe.requests_store import FINAL_STATES, RequestStore, request_id_of, seed_of
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Ingestor:
         self._http = http
         self._resolver = resolver
         self._spool = spool_dir
-        self.records = RequestRecords(store, settings.state_bucket)
+        self.records = RequestStore(store, settings.state_bucket)
 
     def handle(self, message: Message, cancel: threading.Event | None = None) -> Outcome | None:
         """Ingest one message's request; None when the message carries no request to record.
@@ -97,17 +98,18 @@ class Ingestor:
             if request_id is None:
                 return None
             seed = ApiRequest(request_id=request_id)
-            return Outcome(self.records.fail(seed, f"the ingest request could not be read ({err.reason}); "
-                                                   "the API and the ingest worker may run different releases"))
+            reason = (f"the ingest request could not be read ({err.reason}); "
+                      "the API and the ingest worker may run different releases")
+            return Outcome(self.records.set_fields(seed, state="failed", reason=reason))
         seed = seed_of(request)
         current = self.records.get(request.request_id)
-        if current is not None and current.state in ("submitted", "failed"):
+        if current is not None and current.state in FINAL_STATES:
             log.info("request %s is already %s", request.request_id, current.state)
             return Outcome(current)
         existing = self._existing_upload(request.request_id)
         if existing is not None:
             return Outcome(self._submitted(seed, existing), existing)
-        self.records.update(seed, state="ingesting", reason=None)
+        self.records.set_fields(seed, state="ingesting", reason=None)
         try:
             return self._ingest(request, seed, cancel)
         except Exception as err:
@@ -117,7 +119,7 @@ class Ingestor:
             if is_transient(err):
                 reason = f"gave up after {_MAX_ATTEMPTS} attempts: {reason}"
             log.warning("request %s failed: %s", request.request_id, reason)
-            return Outcome(self.records.fail(seed, reason))
+            return Outcome(self.records.set_fields(seed, state="failed", reason=reason))
 
     def _ingest(self, request: IngestRequest, seed: ApiRequest, cancel: threading.Event | None) -> Outcome:
         settings = self._settings
@@ -178,7 +180,7 @@ class Ingestor:
 
     def _submitted(self, seed: ApiRequest, upload: ObjectInfo, title: str | None = None) -> ApiRequest:
         bucket = self._settings.uploads_bucket
-        return self.records.update(
+        return self.records.set_fields(
             seed, state="submitted", reason=None, job_id=make_job_id(bucket, upload.name, upload.generation),
             upload_uri=f"gs://{bucket}/{upload.name}", title=title or upload.metadata.get(META_TITLE),
         )

@@ -14,6 +14,7 @@ from parascribe.merger.service import Merger
 from parascribe.merger.sweeper import Sweeper
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from parascribe.metrics import MetricsExporter
+from parascribe.requests_store import RequestStore
 
 SERVICE = "merger"
 
@@ -33,8 +34,8 @@ def build(settings: Settings, exporter: MetricsExporter | None = None) -> PushSe
     publisher = PubSubPublisher(settings.gcp_project)
     merger = Merger(settings, store, jobs, publisher, exporter,
                     WebhookNotifier(WebhookOptions.from_settings(settings), jobs, exporter))
-    dead_letters = DeadLetters(merger, jobs, publisher, uploads_bucket=settings.uploads_bucket,
-                               enable_fallback=settings.enable_fallback)
+    dead_letters = DeadLetters(merger, jobs, publisher, requests=RequestStore(store, settings.state_bucket),
+                               uploads_bucket=settings.uploads_bucket, enable_fallback=settings.enable_fallback)
     app = create_push_app(SERVICE, {"/pubsub": merger.handle_results, "/dead-letter": dead_letters.handle})
     sweeper = Sweeper(merger, jobs, grace_s=settings.sweep_grace_minutes * 60.0,
                       webhook_resend_s=settings.webhook_resend_seconds)

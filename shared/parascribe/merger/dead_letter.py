@@ -1,8 +1,10 @@
 """The dead-letter topic: whatever exhausted its retries elsewhere, ended once.
 
 A GPU task falls back to Deepgram once when ``ENABLE_FALLBACK`` allows; anything
-else fails its job with a reason a person can act on. The handler acks, except
-when storage or Pub/Sub itself is down, which Pub/Sub retries.
+else fails its job with a reason a person can act on. An ingest request the ingest
+worker never finished (it crashed or ran out of time on every delivery) fails its
+API request record, unless that is already final. The handler acks, except when
+storage or Pub/Sub itself is down, which Pub/Sub retries.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from parascribe.contracts import (
     make_job_id,
     parse,
 )
-from parascribe.errors import PermanentError
+from parascribe.contracts_api import ApiRequest, IngestRequest
+from parascribe.errors import MalformedMessageError, PermanentError
 from parascribe.gcp.pubsub import Message, Publisher
 from parascribe.jobs import JobStore
 from parascribe.merger.service import Merger
+from parascribe.requests_store import RequestStore, request_id_of, seed_of
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,22 @@ DLQ_SUBSCRIPTION_ATTR = "CloudPubSubDeadLetterSourceSubscription"
 
 
 class DeadLetters:
-    """Handles ``dead-letter-push``; finishing a job goes through the :class:`Merger`."""
+    """Handles ``dead-letter-push``; finishing a job goes through the :class:`Merger`.
 
-    def __init__(self, merger: Merger, jobs: JobStore, publisher: Publisher, *, uploads_bucket: str,
-                 enable_fallback: bool) -> None:
+    Args:
+        merger: finishes jobs.
+        jobs: job statuses and chunk results.
+        publisher: sends a GPU task to Deepgram.
+        requests: the API's request records (the state bucket), for dead-lettered ingest requests.
+        uploads_bucket: the only bucket whose notifications start jobs.
+        enable_fallback: ``ENABLE_FALLBACK``.
+    """
+
+    def __init__(self, merger: Merger, jobs: JobStore, publisher: Publisher, *, requests: RequestStore,
+                 uploads_bucket: str, enable_fallback: bool) -> None:
         self._merger = merger
         self._jobs = jobs
+        self._requests = requests
         self._publisher = publisher
         self._uploads_bucket = uploads_bucket
         self._enable_fallback = enable_fallback
@@ -58,6 +72,8 @@ class DeadLetters:
         where = attrs.get(DLQ_SUBSCRIPTION_ATTR, "").rsplit("/", 1)[-1] or "its subscription"
         if "bucketId" in attrs and "objectId" in attrs:
             self._dead_upload(message, count)
+        elif where == names.SUB_INGEST or (ATTR_TYPE not in attrs and request_id_of(message.data)):
+            self._dead_ingest(message, count)
         elif attrs.get(ATTR_TYPE) == TYPE_JOB_FAILED:
             self._merger.on_job_failed(parse(JobFailed, message.data))
         elif attrs.get(ATTR_TYPE) == TYPE_CHUNK_RESULT:
@@ -85,6 +101,23 @@ class DeadLetters:
             f"the router failed {count} times to start a job for gs://{bucket}/{name} (generation {generation}); "
             "check the router's logs, then upload the file again"
         ), source=source)
+
+    def _dead_ingest(self, message: Message, count: str) -> None:
+        try:
+            request = parse(IngestRequest, message.data)
+            request_id, seed = request.request_id, seed_of(request)
+        except MalformedMessageError:
+            found = request_id_of(message.data)
+            if found is None:
+                raise
+            request_id, seed = found, ApiRequest(request_id=found)
+        reason = (f"the ingest worker gave up on this URL after {count} attempts; "
+                  "check the ingest worker's logs, then submit it again")
+        record = self._requests.fail(request_id, reason, seed=seed, unless_final=True)
+        if record is not None and record.reason != reason:
+            log.info("dead-lettered ingest request %s was already %s; left alone", request_id, record.state)
+            return
+        log.error("ingest request %s dead-lettered after %s attempts; failed it", request_id, count)
 
     def _dead_task(self, task: ChunkTask, count: str, where: str) -> None:
         ctx = {"job_id": task.job_id, "chunk_index": task.chunk.index, "path": task.path}

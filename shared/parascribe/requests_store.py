@@ -1,15 +1,26 @@
 """API request records in the state bucket, and the index that lists them newest first.
 
-- ``requests/<request_id>.json``: one :class:`ApiRequest`, created once (``if_generation_match=0``)
-  and then changed only by compare-and-swap on its generation, like a job's status.
+- ``requests/<request_id>.json``: one :class:`ApiRequest`. The API creates it when it accepts
+  a request (``if_generation_match=0``); after that the API, the ingest worker and the
+  merger's dead-letter handler change it only by compare-and-swap on its generation, so no
+  writer overwrites another.
 - ``requests-recent/<16-digit inverted microseconds>-<request_id>``: an empty marker per request.
   GCS lists names in lexical order, and the inverted creation time makes that newest first,
   so a page of recent requests is one list call with ``max_results`` and ``start_offset``,
   however many requests there have been. The cursor is the last marker's key.
+
+What a late writer cannot undo (:meth:`RequestStore.update` enforces it for every writer):
+
+- a final state (``submitted``, ``failed``) never goes back to ``accepted`` or ``ingesting``
+  (a redelivered ingest request that finds it ``submitted`` leaves it so);
+- a recorded job id stays, with its state: once the upload exists the job's own status is the truth;
+- ``failed`` becomes ``submitted`` only with a job id: the upload landed after all (an ingest
+  that outlived its dead-lettered message), so its job runs and the record says so.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import secrets
@@ -22,12 +33,13 @@ import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
 from parascribe.contracts import parse, utcnow
-from parascribe.contracts_api import ApiRequest, is_request_id
+from parascribe.contracts_api import ApiRequest, IngestRequest, is_request_id
 from parascribe.errors import TransientError
 from parascribe.gcp.storage import BlobStore
 
 RECORD_PREFIX = "requests/"
 INDEX_PREFIX = "requests-recent/"
+FINAL_STATES = ("submitted", "failed")
 _INVERT_US = 9_999_999_999_999_999
 _CURSOR = re.compile(r"\d{16}-r[0-9a-f]{20}")
 _CAS_ATTEMPTS = 20
@@ -52,6 +64,32 @@ def index_key(request_id: str, created_at: datetime) -> str:
 
 def is_cursor(value: str) -> bool:
     return bool(_CURSOR.fullmatch(value))
+
+
+def request_id_of(data: bytes) -> str | None:
+    """The request id of a message that may not parse as an :class:`IngestRequest`, when one can be read."""
+    try:
+        body = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    value = body.get("request_id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) and is_request_id(value) else None
+
+
+def seed_of(request: IngestRequest) -> ApiRequest:
+    """The record to create for an ingest request whose record is missing (the API's write has not landed)."""
+    return ApiRequest(request_id=request.request_id, state="accepted", url=request.url, method=request.method,
+                      deadline_minutes=request.deadline_minutes, callback_url=request.callback_url,
+                      created_at=request.submitted_at)
+
+
+def _takes_back(current: ApiRequest, new: ApiRequest) -> bool:
+    """Whether ``new`` would undo what ``current`` settled (see the module's docstring)."""
+    if current.state in FINAL_STATES and new.state not in FINAL_STATES:
+        return True
+    if current.job_id and (new.job_id != current.job_id or new.state != current.state):
+        return True
+    return current.state == "failed" and new.state != "failed" and not new.job_id
 
 
 class PagedLister(Protocol):
@@ -87,7 +125,15 @@ class StoreLister:
 
 
 class RequestStore:
-    """Creates, reads, updates and lists :class:`ApiRequest` records."""
+    """Creates, reads, updates and lists :class:`ApiRequest` records.
+
+    Args:
+        store: the state bucket's store.
+        bucket: ``settings.state_bucket``.
+        lister: how :meth:`recent` lists the index; lists the whole prefix through ``store`` when None.
+        sleep: how a lost race waits (tests pass a no-op).
+        rng: the jitter of that wait.
+    """
 
     def __init__(self, store: BlobStore, bucket: str, lister: PagedLister | None = None, *,
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
@@ -114,34 +160,80 @@ class RequestStore:
         blob = self._store.read(self._bucket, record_name(request_id))
         return parse(ApiRequest, blob.data) if blob else None
 
-    def update(self, request_id: str, change: Callable[[ApiRequest], ApiRequest | None]) -> ApiRequest | None:
+    def update(self, request_id: str, change: Callable[[ApiRequest], ApiRequest | None], *,
+               seed: ApiRequest | None = None) -> ApiRequest | None:
         """Read-modify-write a record under a generation precondition.
 
-        ``change`` gets a copy of the current record and returns the new one, or None to
-        leave it. A ``failed`` record or one with a job id keeps them: a late writer cannot
-        undo either. Returns the record as stored, or None when there is none.
+        ``change`` gets a copy of the current record (of ``seed`` when there is none) and
+        returns the new one, or None to leave it. A change that would undo what the record
+        settled (see the module's docstring) is not written.
+
+        Args:
+            request_id: the record's id.
+            change: the new record from the current one.
+            seed: the record to create when there is none (it is written only through ``change``);
+                with None a missing record stays missing.
+
+        Returns:
+            The record as stored, or None when there is none.
 
         Raises:
-            TransientError: the record kept changing under us.
+            TransientError: the record kept changing under us, or GCS failed.
         """
         name = record_name(request_id)
         for attempt in range(_CAS_ATTEMPTS):
             blob = self._store.read(self._bucket, name)
-            if blob is None:
+            if blob is None and seed is None:
                 return None
-            current = parse(ApiRequest, blob.data)
+            current = parse(ApiRequest, blob.data) if blob else seed
+            assert current is not None
             new = change(current.model_copy(deep=True))
-            if new is None:
-                return current
-            if current.job_id and new.job_id != current.job_id:
-                new.job_id, new.state = current.job_id, current.state
-            if current.state == "failed" and new.state != "failed":
-                return current
+            if new is None or (blob is not None and _takes_back(current, new)):
+                return current if blob else None
             new.updated_at = utcnow()
-            if self._store.write(self._bucket, name, new.to_bytes(), if_generation_match=blob.generation) is not None:
+            generation = blob.generation if blob else 0
+            if self._store.write(self._bucket, name, new.to_bytes(), if_generation_match=generation) is not None:
                 return new
             self._sleep(self._rng.uniform(0.0, min(_CAS_BACKOFF_CAP_S, _CAS_BACKOFF_S * 2**attempt)))
         raise TransientError(f"request {request_id} kept changing under us ({_CAS_ATTEMPTS} attempts)")
+
+    def set_fields(self, seed: ApiRequest, **fields: object) -> ApiRequest:
+        """Set ``fields`` on the record, creating it from ``seed`` when it is missing.
+
+        A final record is left alone unless ``fields`` makes it final too.
+
+        Raises:
+            TransientError: the record kept changing, or GCS failed.
+            pydantic.ValidationError: ``fields`` do not fit an :class:`ApiRequest`.
+        """
+        def change(current: ApiRequest) -> ApiRequest | None:
+            if current.state in FINAL_STATES and fields.get("state") not in FINAL_STATES:
+                return None
+            return ApiRequest.model_validate({**current.model_dump(), **fields})
+
+        stored = self.update(seed.request_id, change, seed=seed)
+        return stored if stored is not None else seed
+
+    def fail(self, request_id: str, reason: str, *, seed: ApiRequest | None = None,
+             unless_final: bool = False) -> ApiRequest | None:
+        """Mark the record ``failed`` with ``reason`` (created from ``seed`` when missing and one is given).
+
+        Args:
+            request_id: the record's id.
+            reason: what a person reads: what went wrong and what to do.
+            seed: the record to create when there is none.
+            unless_final: leave a final record alone (a ``failed`` one keeps its first reason); otherwise
+                only a recorded job (see the module's docstring) stops it.
+
+        Returns:
+            The record as stored, or None when there is none.
+        """
+        def failed(current: ApiRequest) -> ApiRequest | None:
+            if unless_final and current.state in FINAL_STATES:
+                return None
+            return current.model_copy(update={"state": "failed", "reason": reason})
+
+        return self.update(request_id, failed, seed=seed)
 
     def recent(self, limit: int = 20, cursor: str | None = None) -> tuple[list[ApiRequest], str | None]:
         """A page of records, newest first, and the cursor of the next page (None on the last).
