@@ -10,7 +10,7 @@ import jiwer
 import pytest
 
 
-def speak(text: str, path: Path, rate: int = 150) -> Path:
+def speak(text: str, path: Path, rate: int = 150, voice: str | None = None) -> Path:
     """Speak ``text`` with espeak-ng into the WAV file ``path``.
 
     Skips the calling test when espeak-ng is not installed.
@@ -19,13 +19,16 @@ def speak(text: str, path: Path, rate: int = 150) -> Path:
         text: What to say.
         path: Where to write the WAV file.
         rate: Speaking rate in words per minute (espeak-ng's own default is 175).
+        voice: An espeak-ng voice (``en-us``, ``en-gb-scotland``, ``en-us+f3``...); its default when None.
 
     Returns:
         ``path``, now holding the speech.
     """
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (make setup installs it): no test speech")
-    subprocess.run(["espeak-ng", "-s", str(rate), "-w", str(path), text], check=True, capture_output=True)
+    voice_args = ["-v", voice] if voice else []
+    subprocess.run(["espeak-ng", "-s", str(rate), *voice_args, "-w", str(path), text], check=True,
+                   capture_output=True)
     return path
 
 

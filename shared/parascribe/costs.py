@@ -1,7 +1,9 @@
 """What each path costs, from the configured prices.
 
 GPU cost is the L4 instance time (GPU + vCPU + memory) spent on the chunk's
-processing seconds; Deepgram cost is the billed audio minutes.
+processing seconds (the worker's wall time on its batch, shared by the audio each chunk sent
+to the engine), so audio the VAD skips costs nothing on the GPU path; Deepgram cost is the
+billed audio minutes.
 """
 
 from __future__ import annotations

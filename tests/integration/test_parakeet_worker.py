@@ -54,7 +54,8 @@ def tiny_nemo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def settings(emulators: Emulators, tiny_nemo: Path) -> Settings:
     return emulators.isolated_settings(asr_engine="parakeet", parakeet_model_name=str(tiny_nemo), asr_device="cpu",
-                                       gpu_batch_size=4, gpu_batch_linger_ms=500, enable_fallback=False)
+                                       gpu_batch_size=4, gpu_batch_linger_ms=500, enable_fallback=False,
+                                       vad_enabled=False)  # whole chunks of noise; test_asr_vad.py covers segments
 
 
 @pytest.fixture

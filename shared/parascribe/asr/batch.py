@@ -4,9 +4,16 @@
 directly: it publishes each task's :class:`ChunkResult` (or its fallback task)
 and returns an :class:`Outcome` per message saying whether to ack or nack it.
 
+With a :class:`~parascribe.asr.segments.Segmenter` (``VAD_ENABLED``), the decode threads
+also find each chunk's speech, so the VAD runs on the CPU while the engine works on the
+batch before. The segments of every chunk in the batch are then sorted by length and sent
+to the engine together, up to ``GPU_BATCH_SIZE`` at a time; their words come back in file
+time (each segment is a piece of the chunk with its own offset) and are gathered per chunk.
+A chunk without speech yields an empty result. Without a segmenter each chunk goes whole.
+
 Recovery: an out-of-memory (or failing) batch is halved and retried, down to
-single chunks. A chunk that still fails, or every chunk while the engine cannot
-be used at all, goes to Deepgram (``ENABLE_FALLBACK``) or becomes an error result.
+single chunks (or segments). A chunk that still fails, or every chunk while the engine
+cannot be used at all, goes to Deepgram (``ENABLE_FALLBACK``) or becomes an error result.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from parascribe import names
-from parascribe.audio import decode_span
+from parascribe.asr.segments import Segmenter, Span, speech_seconds
+from parascribe.audio import SAMPLE_RATE, decode_span
 from parascribe.config import Settings
 from parascribe.contracts import (
     ATTR_TYPE,
@@ -89,6 +97,17 @@ class _Work:
     failure_detail: str = ""
 
 
+@dataclass
+class _Unit:
+    """What one engine input stands for: a whole chunk, or one segment of it."""
+
+    work: _Work
+    audio: AudioChunk
+    output: EngineOutput | None = None
+    failure: str | None = None
+    failure_detail: str = ""
+
+
 class BatchProcessor:
     """Turns a batch of messages into published results and ack/nack decisions.
 
@@ -100,6 +119,7 @@ class BatchProcessor:
         engine_unavailable_reason: why ``engine`` is None.
         decode_workers: threads that decode a batch's spans in parallel.
         ended: tells which jobs have already ended, so their chunks are skipped; None checks nothing.
+        segmenter: finds each chunk's speech segments (``VAD_ENABLED``); None sends chunks whole.
 
     Call :meth:`process_batch` and :meth:`run` from one thread (engines are not thread-safe);
     :meth:`prepare` from any.
@@ -107,8 +127,9 @@ class BatchProcessor:
 
     def __init__(self, settings: Settings, engine: AsrEngine | None, publisher: Publisher, cache: SourceCache, *,
                  engine_unavailable_reason: str | None = None, decode_workers: int | None = None,
-                 ended: EndedJobs | None = None) -> None:
+                 ended: EndedJobs | None = None, segmenter: Segmenter | None = None) -> None:
         self._settings = settings
+        self._segmenter = segmenter
         self._engine = engine
         self._engine_name: EngineName = engine.name if engine is not None else "parakeet"
         self._unavailable = engine_unavailable_reason or "engine not loaded"
@@ -121,7 +142,7 @@ class BatchProcessor:
         self.fallbacks: Counter[str] = Counter()
         """Chunks sent to Deepgram, by reason."""
         self.batch_sizes: list[int] = []
-        """Size of every batch handed to the engine, including retried halves."""
+        """Size of every batch handed to the engine (chunks or segments), including retried halves."""
 
     @property
     def engine(self) -> AsrEngine | None:
@@ -188,14 +209,15 @@ class BatchProcessor:
                 outcomes[pos] = self._await_audio(item, w)
         ready = [w for w in work if outcomes[w.pos] is None and w.chunk is not None]
         if ready:
-            self._transcribe(ready)
+            self._transcribe_all(ready)
         wall = time.monotonic() - started
         transcribed = [w for w in work if outcomes[w.pos] is None and w.output is not None]
-        total_audio = sum(_duration(w) for w in transcribed)
+        total_audio = sum(_sent_s(w) for w in transcribed)
         for w in work:
             if outcomes[w.pos] is not None:
                 continue
-            share = wall * _duration(w) / total_audio if total_audio > 0 else wall / max(1, len(transcribed))
+            # The batch's time, shared by the audio each chunk sent to the engine.
+            share = wall * _sent_s(w) / total_audio if total_audio > 0 else wall / max(1, len(transcribed))
             outcomes[w.pos] = self._settle(batch[w.pos].inbound, w, share)
         return [o for o in outcomes if o is not None]
 
@@ -219,17 +241,53 @@ class BatchProcessor:
         with self._cache.hold(task.source) as path:
             decoded = decode_span(path, task.chunk.start_s, task.decode_end_s, limit_s=task.decode_limit_s,
                                   header_s=task.audio.duration_s)
-        return _DecodedChunk(key=f"{task.job_id}/{task.chunk.index}", samples=decoded.samples,
-                             offset_s=task.chunk.start_s, corrupt_packets=decoded.corrupt_packets)
+        chunk = _DecodedChunk(key=f"{task.job_id}/{task.chunk.index}", samples=decoded.samples,
+                              offset_s=task.chunk.start_s, corrupt_packets=decoded.corrupt_packets)
+        if self._segmenter is not None:
+            try:
+                chunk.segments = self._segmenter.plan(chunk.samples)
+            except Exception:  # the VAD failing is no reason to lose the chunk: send it whole
+                log.exception("VAD failed; transcribing the chunk whole", extra=_ctx(task))
+        return chunk
 
-    def _transcribe(self, items: list[_Work]) -> None:
-        """Run the engine; on failure split the batch until single chunks fail alone."""
+    def _transcribe_all(self, items: list[_Work]) -> None:
+        """Transcribe whole chunks as one batch, or every chunk's segments sorted by length."""
+        units: list[_Unit] = []
+        for w in items:
+            assert w.chunk is not None
+            spans = getattr(w.chunk, "segments", None)
+            if spans is None:
+                units.append(_Unit(w, w.chunk))
+            else:
+                units += [_Unit(w, _piece(w.chunk, span, i)) for i, span in enumerate(spans)]
+        if any(getattr(w.chunk, "segments", None) is not None for w in items):
+            units.sort(key=lambda u: -len(u.audio.samples))
+            size = self._settings.gpu_batch_size
+            for i in range(0, len(units), size):
+                self._transcribe(units[i: i + size])
+        elif units:
+            self._transcribe(units)
+        for w in items:
+            mine = [u for u in units if u.work is w]
+            failed = next((u for u in mine if u.failure is not None), None)
+            if failed is not None:
+                w.failure, w.failure_detail = failed.failure, failed.failure_detail
+                continue
+            outs = [u.output for u in sorted(mine, key=lambda u: u.audio.offset_s) if u.output is not None]
+            if len(mine) == 1 and outs:
+                w.output = outs[0]
+            else:
+                w.output = EngineOutput(words=[word for o in outs for word in o.words],
+                                        text=" ".join(o.text for o in outs if o.text))
+
+    def _transcribe(self, items: list[_Unit]) -> None:
+        """Run the engine; on failure split the batch until single chunks (or segments) fail alone."""
         assert self._engine is not None
         self.batch_sizes.append(len(items))
         try:
-            outputs = self._engine.transcribe([w.chunk for w in items if w.chunk is not None])
+            outputs = self._engine.transcribe([u.audio for u in items])
             if len(outputs) != len(items):
-                raise EngineError(f"engine returned {len(outputs)} outputs for {len(items)} chunks")
+                raise EngineError(f"engine returned {len(outputs)} outputs for {len(items)} inputs")
         except EngineUnavailableError as err:
             log.error("engine unusable on a batch of %d: %s", len(items), err.reason)
             for w in items:
@@ -246,12 +304,12 @@ class BatchProcessor:
                 self._transcribe(items[half:])
                 return
             if not isinstance(err, EngineError):
-                log.exception("unexpected engine failure on %s", items[0].chunk.key if items[0].chunk else "?")
+                log.exception("unexpected engine failure on %s", items[0].audio.key)
             items[0].failure = "oom" if oom else "engine_error"
             items[0].failure_detail = detail
             return
-        for w, out in zip(items, outputs, strict=True):
-            w.output = out
+        for u, out in zip(items, outputs, strict=True):
+            u.output = out
 
     def _settle(self, msg: Message, w: _Work, processing_s: float) -> Outcome:
         task = w.task
@@ -262,6 +320,8 @@ class BatchProcessor:
                 audio_seconds=_duration(w),
                 processing_seconds=processing_s,
                 corrupt_packets=getattr(w.chunk, "corrupt_packets", 0),
+                speech_s=round(_sent_s(w), 3),
+                skipped_s=round(max(0.0, _duration(w) - _sent_s(w)), 3),
             )
             return self._publish(msg, task, names.TOPIC_ASR_RESULTS, result, {ATTR_TYPE: TYPE_CHUNK_RESULT}, "result")
         reason = w.failure or "engine_error"
@@ -310,10 +370,25 @@ class _DecodedChunk(AudioChunk):
     """A chunk's samples, with the packets skipped as corrupt in decoding them."""
 
     corrupt_packets: int = 0
+    segments: list[Span] | None = None
+    """The spans of it to transcribe (samples from its start), once the VAD ran; None for all of it."""
+
+
+def _piece(chunk: AudioChunk, span: Span, i: int) -> AudioChunk:
+    """One segment of a chunk, as the engine takes it: its own samples and its own offset in file time."""
+    start, end = span
+    return AudioChunk(key=f"{chunk.key}#{i}", samples=chunk.samples[start:end],
+                      offset_s=chunk.offset_s + start / SAMPLE_RATE)
 
 
 def _duration(w: _Work) -> float:
     return w.chunk.duration_s if w.chunk is not None else 0.0
+
+
+def _sent_s(w: _Work) -> float:
+    """Seconds of the chunk sent to the engine: its segments, or all of it."""
+    spans = getattr(w.chunk, "segments", None)
+    return _duration(w) if spans is None else speech_seconds(spans)
 
 
 def _within_span(words: list[Word], start_s: float, end_s: float) -> list[Word]:

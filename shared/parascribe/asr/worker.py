@@ -28,6 +28,7 @@ import google.cloud.pubsub_v1 as pubsub_v1
 
 from parascribe import names
 from parascribe.asr.batch import BatchProcessor, Outcome, Prepared
+from parascribe.asr.segments import Segmenter
 from parascribe.config import Settings
 from parascribe.engines.base import AsrEngine
 from parascribe.errors import EngineUnavailableError
@@ -75,6 +76,7 @@ class AsrWorker:
         decode_workers: threads that decode a batch's spans in parallel.
         subscriber: a ``SubscriberClient``; one is created when None.
         ended: tells which jobs have ended, so their remaining chunks are skipped; None checks nothing.
+        segmenter: the VAD and segment planner (``VAD_ENABLED``); None transcribes each chunk whole.
 
     Raises:
         EngineUnavailableError: ``engine`` is None and ``ENABLE_FALLBACK`` is false.
@@ -93,6 +95,7 @@ class AsrWorker:
         decode_workers: int | None = None,
         subscriber: Any = None,
         ended: EndedJobs | None = None,
+        segmenter: Segmenter | None = None,
     ) -> None:
         if engine is None and not settings.enable_fallback:
             raise EngineUnavailableError(
@@ -102,7 +105,7 @@ class AsrWorker:
         self._store = store
         self._batch = BatchProcessor(settings, engine, publisher, cache,
                                      engine_unavailable_reason=engine_unavailable_reason,
-                                     decode_workers=decode_workers, ended=ended)
+                                     decode_workers=decode_workers, ended=ended, segmenter=segmenter)
         self._batch_size = settings.gpu_batch_size
         self._linger_s = settings.gpu_batch_linger_ms / 1000.0
         self._queue: queue.Queue[_Pending] = queue.Queue()

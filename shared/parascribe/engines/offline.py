@@ -38,6 +38,10 @@ _FRAME = SAMPLE_RATE // 100  # 10 ms
 _SILENT_RMS = 1e-3  # -60 dBFS
 _ONSET_REL = 0.05  # -26 dB below the loudest frame
 _ONSET_BACKOFF_S = 0.15
+TAIL_SILENCE_S = 1.0
+"""Digital silence appended to every input. Whisper pads its last window with zero features, which
+are not what silence looks like to it; a speech segment cut 0.2 s after its last word then loses
+words (tiny.en on espeak-ng: WER 0.67 without, 0.22 with a second of silence after it)."""
 
 
 def leading_silence(samples: np.ndarray) -> int | None:
@@ -111,6 +115,8 @@ class OfflineEngine:
             return EngineOutput()
         audio = np.ascontiguousarray(chunk.samples[lead:], dtype=np.float32)
         offset_s = chunk.offset_s + lead / SAMPLE_RATE
+        limit = offset_s + len(audio) / SAMPLE_RATE
+        audio = np.concatenate([audio, np.zeros(int(TAIL_SILENCE_S * SAMPLE_RATE), dtype=np.float32)])
         try:
             segments, _ = self._model.transcribe(
                 audio,
@@ -126,7 +132,6 @@ class OfflineEngine:
             raise EngineOOMError(f"out of memory transcribing {chunk.key}") from err
         except (RuntimeError, ValueError) as err:
             raise EngineError(f"faster-whisper failed on {chunk.key}: {err}") from err
-        limit = offset_s + len(audio) / SAMPLE_RATE
         words: list[Word] = []
         for seg in segments:
             for w in seg.words or []:

@@ -88,6 +88,9 @@ def _word_json(w: Word) -> dict[str, Any]:
     return d
 
 
+NO_SPEECH_NOTE = "no speech detected: the whole file was skipped as silence, music or noise"
+
+
 def to_json(transcript: Transcript, job_id: str, source: SourceRef | None, summary: JobSummary) -> bytes:
     """The full transcript: words, segments and job metadata (engines, cost, savings)."""
     segments = []
@@ -118,8 +121,13 @@ def to_json(transcript: Transcript, job_id: str, source: SourceRef | None, summa
             "savings_usd": summary.savings_usd,
             "fallbacks": summary.fallbacks,
             "corrupt_packets": summary.corrupt_packets,
+            "speech_seconds": summary.speech_s,
+            "skipped_seconds": summary.skipped_s,
         },
     }
+    if summary.skipped_s > 0 and summary.speech_s == 0:
+        metadata: dict[str, Any] = doc["metadata"]  # type: ignore[assignment]
+        metadata["note"] = NO_SPEECH_NOTE
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 

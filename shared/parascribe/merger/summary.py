@@ -26,6 +26,9 @@ def summarise(
     """Summarise a finished (or failed) job from its stored chunk results.
 
     ``corrupt_packets`` sums the packets the chunks skipped because they would not decode.
+    ``speech_s`` and ``skipped_s`` sum, over the transcribed chunks, the seconds sent to an
+    engine and those left out as non-speech (a chunk that did not measure it sent all of its audio;
+    overlaps count once per chunk, as in ``processing_seconds``).
     Cost is what the chunks actually cost; ``deepgram_only_usd`` is what the whole
     file would have cost on Deepgram alone, and savings are the difference
     (negative if the GPU path cost more; zero for a job that did not complete,
@@ -38,6 +41,7 @@ def summarise(
         if r.engine not in engines:
             engines.append(r.engine)
     cost = sum(by_method.values())
+    done = [r for r in results if r.error is None]
     duration = manifest.audio.duration_s if manifest else 0.0
     deepgram_only = prices.deepgram(duration) if manifest else 0.0
     return JobSummary(
@@ -53,4 +57,6 @@ def summarise(
         savings_usd=round(deepgram_only - cost, 6) if manifest and complete else 0.0,
         fallbacks=sum(1 for r in results if r.fallback_reason),
         corrupt_packets=sum(r.corrupt_packets for r in results),
+        speech_s=round(sum(r.audio_seconds if r.speech_s is None else r.speech_s for r in done), 3),
+        skipped_s=round(sum(r.skipped_s for r in done), 3),
     )
