@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     vad_min_speech_ms: int = Field(250, ge=0, le=10_000)
     vad_speech_pad_ms: int = Field(200, ge=0, le=2_000)
     segment_max_seconds: float = Field(30.0, gt=1, le=120)
+    segment_max_pause_seconds: float = Field(2.0, gt=0, le=60)
+    """A pause longer than this always ends a segment."""
+    segment_batch_size: int = Field(64, ge=1, le=1024)
+    """Segments per engine call with VAD on (short segments batch far larger than 10-minute chunks)."""
     expected_speech_ratio: float = Field(0.8, gt=0, le=1)
     """The planner's guess of how much of a file is speech, until the worker has measured it."""
 
