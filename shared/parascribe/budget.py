@@ -11,7 +11,7 @@ Why shards
     GCS sustains about one write per second to one object. One finished job is one
     shard write, so :data:`SHARDS` objects take ``SHARDS`` job completions a second
     between them: 10,000 audio hours a day in one-hour files is 0.12 a second, and a
-    burst of 100 times that is 12 a second, 0.36 per shard (docs/planner.md). A reader
+    burst of 100 times that is 12 a second, 0.36 per shard (docs/capacity.md has 30-minute files: 0.72). A reader
     sums the shards: 32 small reads, cached by the router.
 
 Idempotence

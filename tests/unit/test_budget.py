@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from parascribe.budget import (
     shard_path,
 )
 from parascribe.config import load_settings
-from parascribe.contracts import ChunkResult, JobStatus, JobSummary
+from parascribe.contracts import ChunkResult, JobStatus, JobSummary, Method
 from parascribe.costs import Prices
 from parascribe.jobs import JobStore
 from parascribe.router.capacity import Capacity
@@ -86,7 +87,7 @@ def test_record_spend_counts_the_job_and_reports_the_budget_gauges() -> None:
     records: list[tuple[str, float, dict[str, str]]] = []
 
     class Exporter:
-        def record(self, metric: str, value: float, labels: dict[str, str] | None = None) -> None:
+        def record(self, metric: str, value: float, labels: Mapping[str, str] | None = None) -> None:
             records.append((metric, value, dict(labels or {})))
 
         def flush(self) -> None: ...
@@ -117,7 +118,7 @@ def test_record_spend_never_raises() -> None:
 
 
 class _NullExporter:
-    def record(self, metric: str, value: float, labels: dict[str, str] | None = None) -> None: ...
+    def record(self, metric: str, value: float, labels: Mapping[str, str] | None = None) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -151,9 +152,22 @@ def test_gpu_only_sends_everything_to_the_gpu_regardless_of_the_deadline_and_say
     plan, why = plan_job(6 * HOUR, options(), "auto", 100, IDLE, BudgetInput(10.0, 9.99, "gpu_only", "2026-12"))
     assert all(c.path == "gpu" for c in plan.chunks) and not plan.meets_deadline
     assert "BUDGET_EXHAUSTED_POLICY=gpu_only" in why.summary and why.budget.level == "exhausted"
-    # Even a method of deepgram: the budget owner's policy is above the upload's method.
-    plan, _ = plan_job(HOUR, options(), "deepgram", HOUR, IDLE, BudgetInput(10.0, 10.0, "gpu_only", "2026-12"))
-    assert all(c.path == "gpu" for c in plan.chunks)
+    # hybrid leaves the split to the planner too, so gpu_only moves it.
+    plan, why = plan_job(6 * HOUR, options(), "hybrid", HOUR, IDLE, BudgetInput(10.0, 10.0, "gpu_only", "2026-12"))
+    assert all(c.path == "gpu" for c in plan.chunks) and "BUDGET_EXHAUSTED_POLICY=gpu_only" in why.summary
+
+
+def test_a_method_that_names_a_path_wins_over_gpu_only() -> None:
+    # The issue: TRANSCRIPTION_METHOD and the per-upload method always win; gpu_only applies to auto and hybrid.
+    plan, why = plan_job(HOUR, options(), "deepgram", HOUR, IDLE, BudgetInput(10.0, 10.0, "gpu_only", "2026-12"))
+    assert plan.whole_file and why.method == "deepgram" and why.budget.level == "exhausted"
+    assert "budget exhausted, but method deepgram wins over BUDGET_EXHAUSTED_POLICY=gpu_only" in why.summary
+    configured = PlannerOptions.from_settings(load_settings(transcription_method="deepgram"))
+    plan, _ = plan_job(HOUR, configured, "deepgram", HOUR, IDLE, BudgetInput(10.0, 10.0, "gpu_only", "2026-12"))
+    assert all(c.path == "deepgram" for c in plan.chunks)
+    # reject still refuses it: the policy does not choose a path, it stops the spend.
+    with pytest.raises(BudgetExhaustedError):
+        plan_job(HOUR, options(), "deepgram", HOUR, IDLE, BudgetInput(10.0, 10.0, "reject", "2026-12"))
 
 
 def test_gpu_only_without_a_gpu_rejects() -> None:
@@ -172,18 +186,20 @@ def test_allow_and_a_budget_with_room_plan_as_usual() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(spent=st.floats(0, 200), budget=st.floats(1, 100), hours=st.floats(0.1, 6),
-       deadline=st.floats(30, 4 * HOUR), policy=st.sampled_from(["reject", "gpu_only", "allow"]))
-def test_the_budget_policies_hold(spent: float, budget: float, hours: float, deadline: float, policy: str) -> None:
-    free, _ = plan_job(hours * HOUR, options(), "auto", deadline, IDLE)
+       deadline=st.floats(30, 4 * HOUR), policy=st.sampled_from(["reject", "gpu_only", "allow"]),
+       method=st.sampled_from(["auto", "hybrid", "gpu", "deepgram"]))
+def test_the_budget_policies_hold(spent: float, budget: float, hours: float, deadline: float, policy: str,
+                                  method: Method) -> None:
+    free, _ = plan_job(hours * HOUR, options(), method, deadline, IDLE)
     over = spent + free.estimated_cost_usd > budget
     try:
-        plan, why = plan_job(hours * HOUR, options(), "auto", deadline, IDLE,
+        plan, why = plan_job(hours * HOUR, options(), method, deadline, IDLE,
                              BudgetInput(budget, spent, policy, "2026-12"))
     except BudgetExhaustedError:
         assert over and policy == "reject"
         return
     assert why.budget.exhausted == over
-    if over and policy == "gpu_only":
+    if over and policy == "gpu_only" and method in ("auto", "hybrid"):
         assert all(c.path == "gpu" for c in plan.chunks)
-    else:
+    else:  # allow, room in the budget, or a method that names its path: planned as without a budget
         assert plan.chunks == free.chunks

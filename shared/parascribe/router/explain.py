@@ -4,7 +4,8 @@ A FILE is probed locally with :func:`parascribe.router.probe.probe` (ranged read
 file, as the router reads an object), so no stack is needed. ``--duration HOURS``
 skips the probe. ``--backlog-seconds S`` plans as if S seconds of audio were already
 queued for the GPU; without it the queue is empty and no instance is running. The
-budget is the configured ``MONTHLY_BUDGET_USD``; this command does not read the ledger.
+budget is the configured ``MONTHLY_BUDGET_USD``; this command does not read the ledger,
+so the month's spend is unknown unless given (``spent_usd``: what-if, such as a spent budget).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def plan_report(
     deadline_minutes: float | None = None,
     backlog_seconds: float | None = None,
     method: Method | None = None,
+    spent_usd: float | None = None,
 ) -> dict[str, Any]:
     """The plan for a file or a duration, as the JSON ``parascribe plan --json`` prints.
 
@@ -87,9 +89,10 @@ def plan_report(
         startup_s=settings.gpu_startup_seconds, speech_ratio=settings.expected_speech_ratio,
         source="--backlog-seconds" if backlog_seconds is not None else "none given (empty queue)",
     )
-    budget = BudgetInput(settings.monthly_budget_usd, None if settings.monthly_budget_usd else 0.0,
+    unknown = settings.monthly_budget_usd is not None and spent_usd is None
+    budget = BudgetInput(settings.monthly_budget_usd, None if unknown else (spent_usd or 0.0),
                          settings.budget_exhausted_policy, month_of(),
-                         "parascribe plan does not read the ledger" if settings.monthly_budget_usd else None)
+                         "parascribe plan does not read the ledger" if unknown else None)
     deadline_s = (deadline_minutes or settings.default_deadline_minutes) * 60.0
     plan, why = plan_job(duration_s, options, method or settings.transcription_method, deadline_s, capacity, budget,
                          size_bytes=size, audio=audio)
@@ -123,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     """``parascribe plan``: print the plan; 2 with the reason when it cannot be made."""
     try:
         doc = plan_report(load_settings(), Path(args.file) if args.file else None, args.duration,
-                          args.deadline_minutes, args.backlog_seconds, args.method)
+                          args.deadline_minutes, args.backlog_seconds, args.method, getattr(args, "spent_usd", None))
     except (ValueError, PermanentError) as err:
         print(f"parascribe: {getattr(err, 'reason', err)}", file=sys.stderr)
         return 2

@@ -7,9 +7,12 @@
    never more than all-Deepgram. ``TRANSCRIPTION_METHOD`` and the upload's method
    win over that; ``COST_OPTIMIZATION=false`` keeps the simple (hybrid) policy.
 2. Check the budget (``MONTHLY_BUDGET_USD``). When the month's spend plus this plan
-   would pass it, ``BUDGET_EXHAUSTED_POLICY`` decides, above any method: ``reject``
-   fails the job with a reason, ``gpu_only`` sends every chunk to the GPU whatever
-   the deadline (the cheap path keeps working), ``allow`` plans as usual.
+   would pass it, ``BUDGET_EXHAUSTED_POLICY`` decides: ``reject`` fails the job with a
+   reason, ``gpu_only`` sends every chunk of an ``auto`` or ``hybrid`` job to the GPU
+   whatever the deadline (the cheap path keeps working), ``allow`` plans as usual. A
+   method that names one path (``gpu``, ``deepgram``) always wins, as the issue asks
+   of ``TRANSCRIPTION_METHOD`` and the upload's method: ``gpu_only`` does not move a
+   ``deepgram`` job, and the plan says that the budget is exhausted.
 3. Explain: a :class:`~parascribe.plan_contract.PlanExplanation` with one line for a
    person and the numbers behind it, stored in the manifest and logged.
 """
@@ -24,6 +27,9 @@ from parascribe.errors import PermanentError
 from parascribe.plan_contract import BudgetState, PlanExplanation, SpillReason
 from parascribe.router.capacity import Capacity
 from parascribe.router.planner import Plan, PlannerOptions, default_capacity, make_plan
+
+PLANNER_CHOOSES: frozenset[str] = frozenset({"auto", "hybrid"})
+"""The methods that leave the paths to the planner, so ``BUDGET_EXHAUSTED_POLICY=gpu_only`` may move them."""
 
 
 class BudgetExhaustedError(PermanentError):
@@ -67,7 +73,7 @@ def plan_job(
     if state.exhausted and budget.policy != "allow":
         if budget.policy == "reject" or not options.enable_gpu_transcription:
             raise BudgetExhaustedError(_rejection(state, plan, gpu_off=budget.policy != "reject"))
-        if any(c.path == "deepgram" for c in plan.chunks):
+        if plan.method in PLANNER_CHOOSES and any(c.path == "deepgram" for c in plan.chunks):
             plan = make_plan(duration_s, options, "gpu", deadline_s, size_bytes, audio, cap)
             forced = True
     spill = _spill_reason(plan, options, requested, deadline_s, cap, size_bytes, audio)
@@ -123,6 +129,9 @@ def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float,
     if forced_gpu:
         parts.append(f"budget exhausted ({_money(budget.spent_usd or 0)} of {_money(budget.budget_usd or 0)}): "
                      "BUDGET_EXHAUSTED_POLICY=gpu_only sends every chunk to the GPU regardless of the deadline")
+    elif budget.exhausted and budget.policy == "gpu_only" and plan.method not in PLANNER_CHOOSES \
+            and any(c.path == "deepgram" for c in plan.chunks):
+        parts.append(f"budget exhausted, but method {plan.method} wins over BUDGET_EXHAUSTED_POLICY=gpu_only")
     where = "whole file on Deepgram" if plan.whole_file else \
         f"{len(plan.chunks)} chunk{'s' if len(plan.chunks) != 1 else ''}: {gpu} on the GPU, {deepgram} on Deepgram"
     why = {
