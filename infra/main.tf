@@ -42,7 +42,10 @@ locals {
   }, var.service_env)
   env_webhook = { for name, value in { CONVEX_WEBHOOK_URL = var.convex_webhook_url } : name => value if value != "" }
   env = {
-    router = local.env_common
+    # The planner's GPU capacity: the worker pool's fixed count, or the service's maximum.
+    router = merge(local.env_common, {
+      GPU_MAX_INSTANCES = tostring(var.asr_worker_mode == "worker_pool" ? var.asr_worker_instances : var.asr_worker_max_instances)
+    })
     asr_worker = merge(local.env_common, {
       ASR_ENGINE              = "parakeet"
       ASR_DEVICE              = "cuda"

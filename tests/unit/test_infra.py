@@ -434,6 +434,9 @@ def test_service_environments_are_valid_settings(tf_eval: Callable[..., dict[str
             assert settings.bucket_prefix == "acme" and settings.metrics_exporter == "cloud"
         assert ("CONVEX_WEBHOOK_SECRET" in out["secret_env"]["merger"]) == bool(webhook)
     assert out["secret_env"]["deepgram_worker"] == {"DEEPGRAM_API_KEY": "deepgram_api_key"}
+    assert out["env"]["router"]["GPU_MAX_INSTANCES"] == "1", "the planner counts the worker pool's instances"
+    service = tf_eval(asr_worker_mode="service", asr_worker_max_instances=4)
+    assert service["env"]["router"]["GPU_MAX_INSTANCES"] == "4", "in service mode, the most it may scale to"
     gpu = load_settings(**{k.lower(): v for k, v in out["env"]["asr_worker"].items()})
     assert (gpu.gpu_instance_vcpus, gpu.gpu_instance_memory_gib) == (4, 16)
     assert gpu.gpu_price_per_second == load_settings().gpu_price_per_second
