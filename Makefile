@@ -39,7 +39,16 @@ $(CONVEX_STAMP): examples/convex/package-lock.json
 
 convex-deps: $(CONVEX_STAMP)  ## the Convex example's packages, so its verifier runs in the tests
 
-test: setup convex-deps  ## unit, integration (real emulators), NeMo and end-to-end tests, then lint and types
+BROWSER_STAMP := $(VENV)/.browser-installed
+$(BROWSER_STAMP): $(STAMP) console/package-lock.json
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@if command -v npm >/dev/null; then (cd console && npm ci --no-audit --no-fund --silent); \
+	else echo "npm not found: the vendored-uPlot provenance test will be skipped" >&2; fi
+	touch $(BROWSER_STAMP)
+
+browser-deps: $(BROWSER_STAMP)  ## Debian's chromium (Playwright drives it; no browser download) for the console's tests
+
+test: setup convex-deps browser-deps  ## unit, integration (real emulators), NeMo, end-to-end and browser tests, then lint and types
 	$(PY) -m pytest -q tests
 	$(VENV)/bin/ruff check shared services tests bench
 	$(VENV)/bin/mypy
@@ -88,4 +97,4 @@ infra-check:  ## terraform formatting (validate/plan need the provider and crede
 clean: down  ## remove local state (keeps the virtualenv)
 	rm -rf .parascribe .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps setup convex-deps test test-unit up down demo bench-quick bench bench-load clean infra-names router-zip infra-check
+.PHONY: help system-deps setup convex-deps browser-deps test test-unit up down demo bench-quick bench bench-load clean infra-names router-zip infra-check

@@ -180,3 +180,10 @@ resource "google_project_iam_member" "router_monitoring_viewer" {
   role    = "roles/monitoring.viewer"
   member  = "serviceAccount:${google_service_account.service["router"].email}"
 }
+
+# The API's web console draws the dashboard's charts from timeSeries.list (parascribe.api.dashboard).
+resource "google_project_iam_member" "api_monitoring_viewer" {
+  project = var.project_id
+  role    = "roles/monitoring.viewer"
+  member  = "serviceAccount:${google_service_account.service["api"].email}"
+}

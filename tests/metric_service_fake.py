@@ -1,4 +1,4 @@
-"""A local gRPC ``google.monitoring.v3.MetricService`` that records real CreateTimeSeries requests.
+"""A local gRPC ``google.monitoring.v3.MetricService`` that records real CreateTimeSeries and ListTimeSeries requests.
 
 The real ``MetricServiceClient`` talks to it over an insecure loopback channel;
 the server decodes each request with the library's own message types and
@@ -39,6 +39,9 @@ class Written:
 @dataclass
 class FakeMetricService:
     requests: list[monitoring_v3.CreateTimeSeriesRequest] = field(default_factory=list)
+    list_requests: list[monitoring_v3.ListTimeSeriesRequest] = field(default_factory=list)
+    listed: dict[str, list[monitoring_v3.TimeSeries]] = field(default_factory=dict)
+    """What ListTimeSeries answers, by the metric type in the request's filter (the test sets it)."""
     series: list[Written] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _last_end: dict[tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]], float] = field(
@@ -57,6 +60,16 @@ class FakeMetricService:
                 self.errors.append(problem)
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         return empty_pb2.Empty()
+
+    def list_time_series(
+        self, request: monitoring_v3.ListTimeSeriesRequest, context: grpc.ServicerContext
+    ) -> monitoring_v3.ListTimeSeriesResponse:
+        with self._lock:
+            self.list_requests.append(request)
+        if not request.name.startswith("projects/") or "metric.type=" not in request.filter:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request {request.name!r} {request.filter!r}")
+        metric = request.filter.split('metric.type="', 1)[1].split('"', 1)[0]
+        return monitoring_v3.ListTimeSeriesResponse(time_series=self.listed.get(metric, []))
 
     def _check(self, request: monitoring_v3.CreateTimeSeriesRequest, call: int) -> str | None:
         if not request.name.startswith("projects/"):
@@ -98,6 +111,11 @@ class MetricServiceServer:
                 self.fake.create_time_series,
                 request_deserializer=monitoring_v3.CreateTimeSeriesRequest.deserialize,
                 response_serializer=empty_pb2.Empty.SerializeToString,
+            ),
+            "ListTimeSeries": grpc.unary_unary_rpc_method_handler(
+                self.fake.list_time_series,
+                request_deserializer=monitoring_v3.ListTimeSeriesRequest.deserialize,
+                response_serializer=monitoring_v3.ListTimeSeriesResponse.serialize,
             ),
         })
         self._server.add_generic_rpc_handlers((handler,))

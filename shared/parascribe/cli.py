@@ -6,6 +6,7 @@ The forms below are a public interface; keep them stable:
     parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N]
     parascribe status [JOB_ID] [--json]
     parascribe metrics                  parascribe webhook redeliver JOB_ID
+    parascribe console [--no-open]
     parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M] [--json]
     parascribe costs [--since 30d] [--json]
     parascribe deepgram-server          parascribe names --json
@@ -101,6 +102,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"API {state.url('api')}  (docs: {state.url('api')}/docs)\nAPI key {state.api_key}\n"
               f"  curl -X POST {state.url('api')}/transcribe -H 'Authorization: Bearer {state.api_key}' "
               "-H 'Content-Type: application/json' -d '{\"video_url\": \"https://...\"}'", file=sys.stderr)
+        print(f"Console {console_url(state.url('api'), state.api_key)}  (or `parascribe console`)", file=sys.stderr)
     if args.detach:
         return 0
     print("press Ctrl-C to stop", file=sys.stderr)
@@ -178,6 +180,33 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     settings, _, _ = _clients()
     path = state.env.get("METRICS_LOCAL_PATH") if state else None
     print(summarise_local(Path(path or settings.metrics_local_path)))
+    return 0
+
+
+def console_url(api_url: str, key: str | None = None) -> str:
+    """The console's address; with ``key`` in the fragment, which the browser keeps and never sends."""
+    from urllib.parse import quote
+
+    return f"{api_url.rstrip('/')}/console/" + (f"#key={quote(key, safe='')}" if key else "")
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from parascribe.local.stack import StackError, running_state
+
+    api = os.environ.get("PARASCRIBE_API_URL")
+    state = None if api else running_state()
+    if api:
+        url = console_url(api)  # a deployment's key is typed into the page, never put in a URL here
+    elif state is not None and state.api_key and "api" in state.ports:
+        url = console_url(state.url("api"), state.api_key)
+    else:
+        raise StackError("no local stack with an API is running: start one with `parascribe up --detach`, or set "
+                         "PARASCRIBE_API_URL to a deployment's API")
+    print(url)
+    if not args.no_open and not webbrowser.open(url):
+        print("parascribe: no browser could be opened here; open the URL above", file=sys.stderr)
     return 0
 
 
@@ -271,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("job_id")
     rd.set_defaults(fn=cmd_webhook)
 
+    con = sub.add_parser("console", help="open the web console (prints its URL)")
+    con.add_argument("--no-open", action="store_true", dest="no_open", help="only print the URL")
+    con.set_defaults(fn=cmd_console)
+
     # These two parse their own options (see main()); listed here for --help.
     sub.add_parser("deepgram-server", help="run the local Deepgram-compatible server", add_help=False)
     sub.add_parser("webhook-receiver", help="run a local receiver that verifies signed webhooks", add_help=False)
@@ -285,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
     pl.add_argument("--backlog-seconds", type=float, dest="backlog_seconds", help="audio already queued for the GPU")
     pl.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
+    pl.add_argument("--spent-usd", type=float, dest="spent_usd",
+                    help="what-if: the month's spend so far, against MONTHLY_BUDGET_USD")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(fn=cmd_plan)
     co = sub.add_parser("costs", help="the period's spend, savings, spills and recommendations")

@@ -30,7 +30,7 @@ from tests.speech import speak
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SPEECH = ("The river carried small boats past the old mill every morning. Children waved from the bridge, "
-          "and the miller rang a bell when the flour was ready for the market.")
+          "and the baker sold warm bread to everyone at the market.")
 WER_LIMIT = 0.35
 WAIT_S = 420.0
 

@@ -19,6 +19,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from parascribe import names
 from parascribe.api.auth import ApiKeys
+from parascribe.api.console import mount as mount_console
+from parascribe.api.dashboard import ChartSource
 from parascribe.api.errors import ApiError
 from parascribe.api.models import (
     TRANSCRIPT_FORMATS,
@@ -67,14 +69,16 @@ class Deps:
     jobs: JobStore
     view: JobsView
     resolve: Resolver | None = None
+    charts: ChartSource | None = None
 
 
 def build(settings: Settings, *, store: BlobStore | None = None, publisher: Publisher | None = None,
           uploads: Uploads | None = None, requests: RequestStore | None = None,
-          resolve: Resolver | None = None) -> FastAPI:
+          resolve: Resolver | None = None, charts: ChartSource | None = None) -> FastAPI:
     """The API app over real GCS and Pub/Sub, or over what the caller passes in.
 
-    ``resolve`` is how submitted URLs' hosts are resolved for the SSRF check (the system's DNS when None).
+    ``resolve`` is how submitted URLs' hosts are resolved for the SSRF check (the system's DNS when None);
+    ``charts`` is where the console's charts come from (what ``METRICS_EXPORTER`` implies when None).
 
     Raises:
         ConfigError: API_KEY_HASHES is empty or malformed.
@@ -90,7 +94,8 @@ def build(settings: Settings, *, store: BlobStore | None = None, publisher: Publ
     requests = requests or RequestStore(store, settings.state_bucket, lister)
     jobs = JobStore(store, settings.state_bucket)
     deps = Deps(settings=settings, keys=keys, store=store, publisher=publisher or PubSubPublisher(settings.gcp_project),
-                uploads=uploads, requests=requests, jobs=jobs, view=JobsView(requests, jobs, uploads), resolve=resolve)
+                uploads=uploads, requests=requests, jobs=jobs, view=JobsView(requests, jobs, uploads), resolve=resolve,
+                charts=charts)
     return _app(deps)
 
 
@@ -160,6 +165,8 @@ def _app(deps: Deps) -> FastAPI:
         bucket, _, name = uri[5:].partition("/")
         return RedirectResponse(deps.store.signed_url(bucket, name, SIGNED_URL_TTL), status_code=307)
 
+    mount_console(app, settings=deps.settings, store=deps.store, jobs=deps.jobs, view=deps.view, auth=auth,
+                  signed_ttl=SIGNED_URL_TTL, charts=deps.charts)
     return app
 
 
