@@ -33,6 +33,9 @@ _MANIFESTS_CACHED = 512
 """Manifests kept in memory: written once, so a copy never goes stale; the merger reads one per chunk result."""
 
 
+REDELIVERY_NOTE = "redelivery requested"
+"""Starts a delivery's ``last_error`` when someone asked to send it again; the sweeper sends it on its next pass."""
+
 OPEN_PREFIX = "open/"
 """``open/<job_id>`` marks a job in progress, so the sweeper lists only those, not every job ever run."""
 

@@ -30,7 +30,7 @@ from parascribe.contracts import (
     Word,
     utcnow,
 )
-from parascribe.jobs import OPEN_PREFIX, JobStore
+from parascribe.jobs import OPEN_PREFIX, REDELIVERY_NOTE, JobStore
 from parascribe.plan_contract import PlanExplanation
 from tests.fakes import MemoryStore, RecordingPublisher
 
@@ -169,14 +169,14 @@ def test_redeliver_marks_the_webhook_for_the_sweeper_and_reopens_the_job(client:
     assert r.json()["targets"] == ["webhook"]
     status = world.jobs.status(world.job_id)
     assert status is not None and status.state == "done"
-    assert status.webhook.state == "webhook_failed" and job_detail.REDELIVERY_NOTE in (status.webhook.last_error or "")
+    assert status.webhook.state == "webhook_failed" and REDELIVERY_NOTE in (status.webhook.last_error or "")
     assert world.store.info(world.settings.state_bucket, f"{OPEN_PREFIX}{world.job_id}") is not None
 
 
 def test_the_sweeper_resends_what_the_console_marked(world: World) -> None:
     from parascribe.merger.webhook import undelivered
 
-    job_detail.request_redelivery(world.jobs, world.job_id, 300)
+    job_detail.request_redelivery(world.jobs, world.job_id)
     status = world.jobs.status(world.job_id)
     assert status is not None and undelivered(status), "the sweeper's own test for 'send this again'"
     assert world.job_id in world.jobs.open_jobs()

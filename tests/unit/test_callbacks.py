@@ -156,3 +156,22 @@ def test_a_status_with_a_callback_pending_is_not_finished() -> None:
     status.callback = status.webhook.model_copy()
     assert is_finished(status)
     assert json.loads(status.model_dump_json())["origin"]["callback_url"] == "https://x.example/h"
+
+
+def test_a_redelivery_request_is_sent_on_the_next_sweep_without_waiting_for_the_resend_interval(
+        convex: Receiver) -> None:
+    from parascribe.api.job_detail import request_redelivery
+
+    rig = rig_for(convex.url)
+    job = Job(rig.jobs, n_chunks=1)
+    for r in job.results:
+        rig.push(r)
+    assert rig.status(job.job_id).webhook.state == "delivered" and len(convex.requests) == 1
+    request_redelivery(rig.jobs, job.job_id)
+    assert job.job_id in rig.jobs.open_jobs()
+    now = rig.status(job.job_id).updated_at + timedelta(seconds=1)
+    Sweeper(rig.merger, rig.jobs, grace_s=60, webhook_resend_s=300, clock=lambda: now).sweep()
+    status = rig.status(job.job_id)
+    assert status.webhook.state == "delivered" and len(convex.requests) == 2
+    assert convex.requests[1][0]["webhook-id"] == job.job_id
+    assert job.job_id not in rig.jobs.open_jobs()

@@ -149,7 +149,7 @@ def mount(app: FastAPI, *, settings: Settings, store: BlobStore, jobs: JobStore,
         status, _ = job(job_id)
         if status is None:
             raise ApiError(409, f"job {job_id} has not started; nothing was sent yet")
-        return request_redelivery(jobs, status.job_id, settings.webhook_resend_seconds)
+        return request_redelivery(jobs, status.job_id)
 
     @app.get("/v1/metrics", dependencies=deps, tags=["console"])
     def metrics(hours: Annotated[float, Query(gt=0, le=24 * 42)] = 24.0) -> dict[str, Any]:

@@ -7,11 +7,11 @@
 - :func:`links_view`: short-lived signed URLs of the source and of every output, for the page's player
   and download links (a browser cannot send the API key with ``<audio src>`` or a plain link).
 - :func:`request_redelivery`: the webhook is sent by the merger, and the API may not import the merger
-  stage. So the API marks the job's undelivered target(s) ``webhook_failed`` with a note and re-opens
-  the job in the sweeper's index (``open/<job_id>``): the sweeper already resends failed webhooks of
-  open jobs (``Merger.resend_webhook``, which skips a target already delivered), under the same
-  once-only rules as every other send. It does so ``WEBHOOK_RESEND_SECONDS`` after the mark, on its
-  next pass; it gives up on jobs finished more than :data:`SWEEPER_GIVE_UP_S` ago, so those are refused
+  stage. So the API marks the job's webhook and callback ``webhook_failed`` with
+  :data:`~parascribe.jobs.REDELIVERY_NOTE` and re-opens the job in the sweeper's index
+  (``open/<job_id>``): the sweeper resends failed webhooks of open jobs (``Merger.resend_webhook``),
+  and one marked so on its next pass (every 30 s on the local stack, `sweep_schedule` in GCP) rather than after
+  ``WEBHOOK_RESEND_SECONDS``; it gives up on jobs finished more than :data:`SWEEPER_GIVE_UP_S` ago, so those are refused
   here with the CLI command that sends at once.
 """
 
@@ -23,11 +23,10 @@ from typing import Any
 from parascribe.api.errors import ApiError
 from parascribe.contracts import JobStatus, WebhookState, utcnow
 from parascribe.gcp.storage import BlobStore
-from parascribe.jobs import JobStore
+from parascribe.jobs import REDELIVERY_NOTE, JobStore
 
 SWEEPER_GIVE_UP_S = 86_400.0
 """``parascribe.merger.sweeper.WEBHOOK_GIVE_UP_S`` (a unit test keeps the two equal)."""
-REDELIVERY_NOTE = "redelivery requested"
 _REDELIVERABLE = ("delivered", "webhook_failed")
 MAX_WORDS_JSON_BYTES = 64 * 1024 * 1024
 """The largest ``json`` output the API reads into memory for the viewer (many hours of speech)."""
@@ -112,7 +111,7 @@ def links_view(store: BlobStore, status: JobStatus | None, ttl: timedelta) -> di
     return {"audio": audio, "outputs": outputs, "expires_in_s": int(ttl.total_seconds())}
 
 
-def request_redelivery(jobs: JobStore, job_id: str, resend_after_s: float) -> dict[str, Any]:
+def request_redelivery(jobs: JobStore, job_id: str) -> dict[str, Any]:
     """Mark a finished job's webhook (and callback) for the sweeper to send again (see the module's docstring).
 
     Raises:
@@ -134,8 +133,7 @@ def request_redelivery(jobs: JobStore, job_id: str, resend_after_s: float) -> di
     if not targets:
         raise ApiError(409, "nothing to redeliver: no webhook is configured (CONVEX_WEBHOOK_URL) and the job "
                             "has no callback_url")
-    note = f"{REDELIVERY_NOTE} at {utcnow():%Y-%m-%d %H:%M:%S} UTC; the sweeper sends it on its first pass " \
-           f"after {resend_after_s:.0f} s"
+    note = f"{REDELIVERY_NOTE} at {utcnow():%Y-%m-%d %H:%M:%S} UTC; the sweeper sends it on its next pass"
 
     def mark(current: JobStatus | None) -> JobStatus | None:
         if current is None:

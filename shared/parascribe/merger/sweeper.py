@@ -27,7 +27,7 @@ from datetime import datetime
 
 from parascribe.contracts import JobStatus, utcnow
 from parascribe.errors import TransientError
-from parascribe.jobs import JobStore
+from parascribe.jobs import REDELIVERY_NOTE, JobStore
 from parascribe.merger.service import Merger, is_finished
 from parascribe.merger.webhook import undelivered
 
@@ -131,7 +131,9 @@ class Sweeper:
             self._jobs.close(status.job_id)
             report.closed += 1
             return
-        if (now - status.updated_at).total_seconds() < self._webhook_resend_s:
+        requested = any(d is not None and (d.last_error or "").startswith(REDELIVERY_NOTE)
+                        for d in (status.webhook, status.callback))
+        if not requested and (now - status.updated_at).total_seconds() < self._webhook_resend_s:
             return
         if self._merger.resend_webhook(status):
             report.webhooks_resent += 1
