@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 
@@ -33,7 +33,7 @@ from parascribe.config import Settings
 from parascribe.engines.base import AsrEngine
 from parascribe.errors import EngineUnavailableError
 from parascribe.gcp.pubsub import HealthServer, Message, Publisher
-from parascribe.gcp.pull import Puller
+from parascribe.gcp.pull import Ackable, Puller
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import EndedJobs
@@ -45,14 +45,6 @@ MAX_LEASE_S = 3600
 LEASE_EXTENSION_S = 20
 """Each lease extension; the chunks of a worker that died come back to another within about this long."""
 _POLL_S = 0.2
-
-
-class Ackable(Protocol):
-    """What the worker needs to settle a received message: a :class:`~parascribe.gcp.pull.Lease` has both."""
-
-    def ack(self) -> None: ...
-
-    def nack(self) -> None: ...
 
 
 @dataclass

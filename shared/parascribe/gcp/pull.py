@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 
 _RETRYABLE = (gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.InternalServerError, gexc.Aborted,
               gexc.TooManyRequests, gexc.Unknown)
+
+
+class Ackable(Protocol):
+    """What a worker needs to settle a received message: a :class:`Lease` has both."""
+
+    def ack(self) -> None: ...
+
+    def nack(self) -> None: ...
 
 
 class Lease:

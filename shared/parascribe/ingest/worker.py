@@ -17,14 +17,14 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 
 from parascribe import names
 from parascribe.config import Settings
 from parascribe.gcp.pubsub import HealthServer, Message
-from parascribe.gcp.pull import Puller
+from parascribe.gcp.pull import Ackable, Puller
 from parascribe.ingest.service import Ingestor
 
 log = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ CONCURRENCY = 2
 LEASE_EXTENSION_S = 20
 LEASE_MARGIN_S = 600
 """How long past ``INGEST_TIMEOUT_MINUTES`` a lease is still extended (the upload after the fetch)."""
-
-
-class Ackable(Protocol):
-    def ack(self) -> None: ...
-
-    def nack(self) -> None: ...
 
 
 class IngestWorker:
