@@ -42,7 +42,7 @@
       height: HEIGHT,
       series,
       scales: { x: { time: true } },
-      axes: [{}, { size: 64, values: (u, vals) => vals.map((v) => fmtValue(v, chart.title)) }],
+      axes: [{}, { size: 80, values: (u, vals) => vals.map((v) => fmtValue(v, chart.title)) }],
       legend: { live: true },
     };
     const plot = new uPlot(opts, aligned(chart), box);
