@@ -345,3 +345,22 @@ def test_handle_accepts_an_upload_built_directly() -> None:
     stack.router.handle(upload)
     [(topic, task, _)] = stack.tasks()
     assert topic == names.TOPIC_ASR_GPU and task.audio.duration_s == pytest.approx(2.0)
+
+
+def test_a_file_dropped_into_the_bucket_is_listed_with_api_requests_once() -> None:
+    from parascribe.requests_store import RequestStore
+
+    stack = Stack(chunk_duration_minutes=0.25)
+    dropped = stack.upload("calls/monday.wav", wav(20.0))
+    via_api = stack.upload("api/r0123456789abcdef0123/talk.wav", wav(20.0),
+                           {"parascribe-request-id": "r0123456789abcdef0123"})
+    stack.router.handle_event(pubsub_event(dropped))
+    stack.router.handle_event(pubsub_event(dropped))  # a duplicate notification lists nothing twice
+    stack.router.handle_event(pubsub_event(via_api))  # the API keeps its own record for its uploads
+    listed, cursor = RequestStore(stack.store, stack.settings.state_bucket).recent(10)
+    assert cursor is None and len(listed) == 1
+    [record] = listed
+    job_id = parse_event(pubsub_event(dropped)).source.job_id  # type: ignore[union-attr]
+    assert (record.request_id, record.job_id, record.state) == ("r" + job_id[1:], job_id, "submitted")
+    assert record.gcs_uri == f"gs://{stack.settings.uploads_bucket}/calls/monday.wav"
+    assert record.title == "calls/monday.wav"

@@ -134,7 +134,7 @@ def _app(deps: Deps) -> FastAPI:
 
     @app.get("/v1/jobs", response_model=JobList, dependencies=auth, tags=["jobs"])
     def list_jobs(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None) -> JobList:
-        """Requests made through this API, newest first."""
+        """Jobs newest first: requests made through this API and files dropped into the bucket (the router lists those)."""
         try:
             page, next_cursor = deps.requests.recent(limit, cursor)
         except ValueError as err:

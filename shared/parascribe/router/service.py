@@ -30,10 +30,12 @@ from parascribe.contracts import (
     UploadEvent,
     utcnow,
 )
+from parascribe.contracts_api import ApiRequest
 from parascribe.errors import PermanentError, TransientError, is_transient
 from parascribe.gcp.pubsub import Outgoing, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore, job_prefix
+from parascribe.requests_store import RequestStore
 from parascribe.router.capacity import GpuCapacity, capacity_from_settings
 from parascribe.router.events import parse_event
 from parascribe.router.planner import PlannerOptions, is_whole_file
@@ -58,6 +60,7 @@ class Router:
         self._planner = PlannerOptions.from_settings(settings)
         self._store = store
         self._publisher = publisher
+        self._requests = RequestStore(store, jobs.bucket)
         self._jobs = jobs
         self._capacity = capacity or capacity_from_settings(settings, jobs, monitoring=False)
         self._ledger = Ledger(store, jobs.bucket)
@@ -96,6 +99,8 @@ class Router:
             return
         job_id = source.job_id
         ctx = {"job_id": job_id}
+        if upload.origin.request_id is None:
+            self._list_drop(upload, job_id)
         status = self._jobs.status(job_id)
         if status is not None and status.final:
             log.info("job for %s is already %s; duplicate notification", source.uri, status.state, extra=ctx)
@@ -178,6 +183,21 @@ class Router:
                 log.warning("cannot read the budget ledger: %s", err)
                 return BudgetInput(s.monthly_budget_usd, None, s.budget_exhausted_policy, month, f"ledger: {err}")
         return BudgetInput(s.monthly_budget_usd, self._spend[2], s.budget_exhausted_policy, month)
+
+    def _list_drop(self, upload: UploadEvent, job_id: str) -> None:
+        """Give a file dropped straight into the bucket a request record, so the API and console list it too.
+
+        Its id is the job id's own digits (``r`` for ``j``), so a duplicate notification finds it taken.
+        Listing is a convenience: a storage error here is logged and never holds the job up.
+        """
+        source = upload.source
+        record = ApiRequest(request_id="r" + job_id[1:], state="submitted", job_id=job_id, gcs_uri=source.uri,
+                            title=source.name, method=upload.method, deadline_minutes=upload.deadline_minutes,
+                            created_at=upload.event_time or utcnow())
+        try:
+            self._requests.create(record)
+        except TransientError as err:
+            log.warning("could not list %s for the API: %s", source.uri, err.reason, extra={"job_id": job_id})
 
     def _publish(self, manifest: JobManifest) -> None:
         whole = is_whole_file(manifest.chunks, manifest.audio, manifest.source.size)
