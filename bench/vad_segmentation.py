@@ -1,6 +1,7 @@
 """Speech segmentation against fixed chunks, on a long synthetic recording, in one run.
 
-Run: ``.venv/bin/python bench/vad_segmentation.py [--minutes 10] [--chunk-seconds 300] [--parakeet none|tiny|full]``.
+Run: ``.venv/bin/python bench/vad_segmentation.py [--minutes 10] [--chunk-seconds 300] [--parakeet none|tiny|full]
+[--batch-size 16] [--segment-batch-size 64]``.
 Prints one JSON object on stdout.
 
 The recording is built offline: sentences spoken by several espeak-ng voices at several rates,
@@ -12,7 +13,8 @@ Both modes go through the worker's own code: chunks planned as the router plans 
 (``plan_chunks``), decoded, transcribed by :class:`~parascribe.asr.batch.BatchProcessor`, and
 each chunk's words kept by the merger's rule (a word belongs to the core span holding its
 midpoint). ``fixed`` sends each chunk whole (``VAD_ENABLED=false``); ``segmented`` runs Silero VAD
-and sends speech segments of at most ``SEGMENT_MAX_SECONDS``. Reported per mode: word error rate,
+and sends speech segments of at most ``SEGMENT_MAX_SECONDS`` (packed into 29 s windows for the offline
+engine, which always encodes 30 s windows). Reported per mode: word error rate,
 words emitted inside the music and the long silence, utterance onset errors (median and worst),
 seconds sent as speech and skipped, wall time and RTFx; and the ratios segmented / fixed.
 
@@ -48,7 +50,7 @@ from parascribe.audio import SAMPLE_RATE, decode_span
 from parascribe.config import Settings, load_settings
 from parascribe.contracts import AudioInfo, ChunkResult, ChunkTask, SourceRef, Word, in_span
 from parascribe.costs import Prices
-from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
+from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput, window_seconds
 from parascribe.gcp.pubsub import Message
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.router.planner import plan_chunks
@@ -158,6 +160,7 @@ class Borrowed:
 
     def __init__(self, engine: AsrEngine) -> None:
         self.name = engine.name
+        self.window_seconds = window_seconds(engine)  # so the worker packs segments for Whisper as it would
         self._engine = engine
 
     def transcribe(self, batch: Sequence[AudioChunk]) -> list[EngineOutput]:
@@ -277,10 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-seconds", type=float, default=300.0, help="router chunk length (default 300)")
     parser.add_argument("--parakeet", choices=["none", "tiny", "full"], default="none",
                         help="also measure Parakeet throughput (random weights)")
-    parser.add_argument("--batch-size", type=int, default=16, help="GPU_BATCH_SIZE (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="GPU_BATCH_SIZE, chunks per batch (default 16)")
+    parser.add_argument("--segment-batch-size", type=int, default=64,
+                        help="SEGMENT_BATCH_SIZE, segments (or packed windows) per engine call (default 64)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    base: dict[str, Any] = {"gpu_batch_size": args.batch_size}
+    base: dict[str, Any] = {"gpu_batch_size": args.batch_size, "segment_batch_size": args.segment_batch_size}
     prices = Prices.from_settings(load_settings())
     with tempfile.TemporaryDirectory(prefix="vad-bench-") as tmp:
         workdir = Path(tmp)

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from parascribe import names
+from parascribe.asr import units
 from parascribe.asr.batch import BatchProcessor
 from parascribe.asr.segments import Segmenter, Span, Speech
 from parascribe.audio import SAMPLE_RATE
@@ -95,7 +96,8 @@ def rig(tmp_path: Path) -> Rig:
 def run(rig: Rig, engine: LengthEngine, tmp_path: Path, detect: Callable[[np.ndarray], Speech] = loud_windows,
         **kw: object) -> dict[int, ChunkResult]:
     store, pub, _, tasks = rig
-    settings = load_settings(**({"gpu_batch_size": 2, "vad_speech_pad_ms": 0, "segment_max_seconds": 6} | kw))
+    settings = load_settings(**({"gpu_batch_size": 1, "segment_batch_size": 2, "vad_speech_pad_ms": 0,
+                                 "segment_max_seconds": 6} | kw))
     proc = BatchProcessor(settings, engine, pub, SourceCache(store, tmp_path / "c", 10_000_000),
                           segmenter=Segmenter.from_settings(settings, detect))
     try:
@@ -106,13 +108,16 @@ def run(rig: Rig, engine: LengthEngine, tmp_path: Path, detect: Callable[[np.nda
     return {m.chunk_index: m for m in pub.on(names.TOPIC_ASR_RESULTS) if isinstance(m, ChunkResult)}
 
 
-def test_segments_of_all_chunks_are_batched_by_length_in_file_time(rig: Rig, tmp_path: Path) -> None:
+def test_segments_of_all_chunks_are_batched_by_length_in_file_time(rig: Rig, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(units, "MIN_LENGTH_RATIO", 0.0)  # cut by count only, so the 1 s segment joins a call
     engine = LengthEngine()
     results = run(rig, engine, tmp_path)
     sent = [c for call in engine.calls for c in call]
     lengths = [len(c.samples) for c in sent]
     assert lengths == sorted(lengths, reverse=True), "segments go longest first"
-    assert all(len(call) <= 2 for call in engine.calls), "at most GPU_BATCH_SIZE segments per call"
+    assert all(len(call) <= 2 for call in engine.calls), "at most SEGMENT_BATCH_SIZE segments per call"
+    assert max(len(call) for call in engine.calls) == 2, "GPU_BATCH_SIZE (messages) does not limit segments"
     assert {c.key.split("#")[0] for c in engine.calls[-1]} == {"jseg/0", "jseg/2"}, "chunks share a batch"
     assert all(c.duration_s <= 6.0 + 1e-9 for c in sent)
     # Chunk 0 (0-20 s): speech at 1-4, 4.5-9 (one run of 8 s, cut at the 0.5 s pause) and 12-16.
@@ -136,6 +141,40 @@ def test_segments_of_all_chunks_are_batched_by_length_in_file_time(rig: Rig, tmp
     # The batch's time goes to the chunks that sent audio, by how much they sent.
     assert r1.processing_seconds == 0.0
     assert r0.processing_seconds > r2.processing_seconds > 0
+
+
+def test_an_engine_call_never_pads_an_input_by_more_than_a_quarter(rig: Rig, tmp_path: Path) -> None:
+    engine = LengthEngine()
+    run(rig, engine, tmp_path, segment_batch_size=64)
+    # Segments of about 4.5, 4, 3 and 1 s: 3 s would pad to 4.5 s (a third), so it starts a new call.
+    lengths = [[round(c.duration_s) for c in call] for call in engine.calls]
+    assert lengths == [[5, 4], [3], [1]], lengths
+    assert all(min(len(c.samples) for c in call) >= 0.75 * max(len(c.samples) for c in call) for call in engine.calls)
+
+
+class WindowEngine(LengthEngine):
+    """Like Whisper: reads fixed windows, so the worker packs segments into inputs of at most 10 s."""
+
+    window_seconds = 10.0
+
+
+def test_a_window_engine_gets_segments_packed_with_word_times_mapped_back(rig: Rig, tmp_path: Path) -> None:
+    engine = WindowEngine()
+    results = run(rig, engine, tmp_path, segment_batch_size=8)
+    sent = {c.key: c for call in engine.calls for c in call}
+    # Chunk 0's segments (about 1-4, 4.5-9 and 12-16 s): the first two share a window, the third is alone.
+    assert sorted(k for k in sent if k.startswith("jseg/0")) == ["jseg/0#w0", "jseg/0#w1"]
+    assert sent["jseg/0#w0"].duration_s == pytest.approx(3 + 4.5, abs=0.1)
+    assert sent["jseg/0#w1"].offset_s == pytest.approx(12.0, abs=0.05)
+    assert all(c.duration_s <= 10.0 for c in sent.values())
+    # The engine said w0..w6 at k + 0.2 s into the window; the 0.5 s pause between the pieces is not
+    # in the window, so the words after it move by their own piece's shift.
+    r0 = results[0]
+    starts = [w.start for w in r0.words]
+    assert starts == pytest.approx([1.2, 2.2, 3.2, 4.7, 5.7, 6.7, 7.7, 12.2, 13.2, 14.2, 15.2], abs=0.05)
+    assert all(w.end > w.start for w in r0.words)
+    assert r0.speech_s == pytest.approx(3 + 4.5 + 4, abs=0.1)
+    assert results[1].words == [] and results[2].words[0].start == pytest.approx(30.2, abs=0.05)
 
 
 def test_a_failing_segment_sends_its_chunk_to_deepgram(rig: Rig, tmp_path: Path) -> None:

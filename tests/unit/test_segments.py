@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parascribe.asr.segments import MAX_PAUSE_S, Segmenter, Speech, file_time, plan_segments, speech_seconds
+from parascribe.asr.segments import Segmenter, Speech, file_time, plan_segments, speech_seconds
 from parascribe.audio import SAMPLE_RATE
 from parascribe.config import load_settings
 
@@ -93,7 +93,8 @@ def test_unbroken_speech_is_cut_where_it_is_quietest() -> None:
 
 
 def test_max_pause_is_two_seconds_by_default() -> None:
-    gap = int(MAX_PAUSE_S * SR)
+    gap = int(load_settings().segment_max_pause_seconds * SR)
+    assert gap == 2 * SR
     kept = plan_segments([(0, SR), (SR + gap, 2 * SR + gap)], 10 * SR, max_len=30 * SR)
     split = plan_segments([(0, SR), (SR + gap + 1, 2 * SR + gap + 1)], 10 * SR, max_len=30 * SR)
     assert len(kept) == 1 and len(split) == 2
@@ -111,3 +112,14 @@ def test_segmenter_reads_the_settings() -> None:
     spans = seg.plan(np.zeros(30 * SR, dtype=np.float32))
     assert spans[0][0] == SR - SR // 10 and spans[-1][1] == 25 * SR + SR // 10
     assert all(e - s <= 10 * SR for s, e in spans)
+
+
+def test_segmenter_reads_the_max_pause_setting() -> None:
+    regions = [(0, SR), (4 * SR, 5 * SR)]  # a 3 s pause
+    def detect(x: np.ndarray) -> Speech:
+        return Speech(regions=regions)
+
+    split = Segmenter.from_settings(load_settings(vad_speech_pad_ms=0), detect)
+    assert split.max_pause == 2 * SR and split.plan(np.zeros(10 * SR, np.float32)) == regions
+    kept = Segmenter.from_settings(load_settings(vad_speech_pad_ms=0, segment_max_pause_seconds=3.5), detect)
+    assert kept.max_pause == int(3.5 * SR) and kept.plan(np.zeros(10 * SR, np.float32)) == [(0, 5 * SR)]

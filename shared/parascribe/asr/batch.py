@@ -7,9 +7,12 @@ and returns an :class:`Outcome` per message saying whether to ack or nack it.
 With a :class:`~parascribe.asr.segments.Segmenter` (``VAD_ENABLED``), the decode threads
 also find each chunk's speech, so the VAD runs on the CPU while the engine works on the
 batch before. The segments of every chunk in the batch are then sorted by length and sent
-to the engine together, up to ``GPU_BATCH_SIZE`` at a time; their words come back in file
-time (each segment is a piece of the chunk with its own offset) and are gathered per chunk.
-A chunk without speech yields an empty result. Without a segmenter each chunk goes whole.
+to the engine together, up to ``SEGMENT_BATCH_SIZE`` at a time (``GPU_BATCH_SIZE`` counts
+messages) and never padding one by more than a quarter of the longest; their words come back in file time (each segment is a piece of the chunk with its
+own offset) and are gathered per chunk. An engine with a fixed window (Whisper) gets each
+chunk's consecutive segments packed into windows instead, mapped back by a time map
+(:mod:`parascribe.asr.units`). A chunk without speech yields an empty result. Without a
+segmenter each chunk goes whole.
 
 Recovery: an out-of-memory (or failing) batch is halved and retried, down to
 single chunks (or segments). A chunk that still fails, or every chunk while the engine
@@ -30,6 +33,7 @@ from typing import Literal
 
 from parascribe import names
 from parascribe.asr.segments import Segmenter, Span, speech_seconds
+from parascribe.asr.units import EngineInput, length_batches, segment_inputs
 from parascribe.audio import SAMPLE_RATE, decode_span
 from parascribe.config import Settings
 from parascribe.contracts import (
@@ -44,7 +48,7 @@ from parascribe.contracts import (
     in_span,
     parse,
 )
-from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput
+from parascribe.engines.base import AsrEngine, AudioChunk, EngineOutput, window_seconds
 from parascribe.errors import EngineError, EngineOOMError, EngineUnavailableError, is_transient
 from parascribe.gcp.pubsub import Action, Message, Publisher
 from parascribe.gcp.source_cache import SourceCache
@@ -99,10 +103,10 @@ class _Work:
 
 @dataclass
 class _Unit:
-    """What one engine input stands for: a whole chunk, or one segment of it."""
+    """What one engine input stands for: a whole chunk, one segment of it, or a window of its segments."""
 
     work: _Work
-    audio: AudioChunk
+    input: EngineInput
     output: EngineOutput | None = None
     failure: str | None = None
     failure_detail: str = ""
@@ -252,19 +256,19 @@ class BatchProcessor:
 
     def _transcribe_all(self, items: list[_Work]) -> None:
         """Transcribe whole chunks as one batch, or every chunk's segments sorted by length."""
-        units: list[_Unit] = []
+        window = window_seconds(self._engine)
+        units: list[_Unit] = []  # each chunk's in file order
         for w in items:
             assert w.chunk is not None
             spans = getattr(w.chunk, "segments", None)
             if spans is None:
-                units.append(_Unit(w, w.chunk))
+                units.append(_Unit(w, EngineInput(w.chunk)))
             else:
-                units += [_Unit(w, _piece(w.chunk, span, i)) for i, span in enumerate(spans)]
+                packed = None if window is None else int(window * SAMPLE_RATE)
+                units += [_Unit(w, unit) for unit in segment_inputs(w.chunk, spans, packed)]
         if any(getattr(w.chunk, "segments", None) is not None for w in items):
-            units.sort(key=lambda u: -len(u.audio.samples))
-            size = self._settings.gpu_batch_size
-            for i in range(0, len(units), size):
-                self._transcribe(units[i: i + size])
+            for call in length_batches(units, lambda u: len(u.input.audio.samples), self._settings.segment_batch_size):
+                self._transcribe(call)
         elif units:
             self._transcribe(units)
         for w in items:
@@ -273,7 +277,7 @@ class BatchProcessor:
             if failed is not None:
                 w.failure, w.failure_detail = failed.failure, failed.failure_detail
                 continue
-            outs = [u.output for u in sorted(mine, key=lambda u: u.audio.offset_s) if u.output is not None]
+            outs = [u.input.in_file_time(u.output) for u in mine if u.output is not None]
             if len(mine) == 1 and outs:
                 w.output = outs[0]
             else:
@@ -285,7 +289,7 @@ class BatchProcessor:
         assert self._engine is not None
         self.batch_sizes.append(len(items))
         try:
-            outputs = self._engine.transcribe([u.audio for u in items])
+            outputs = self._engine.transcribe([u.input.audio for u in items])
             if len(outputs) != len(items):
                 raise EngineError(f"engine returned {len(outputs)} outputs for {len(items)} inputs")
         except EngineUnavailableError as err:
@@ -304,7 +308,7 @@ class BatchProcessor:
                 self._transcribe(items[half:])
                 return
             if not isinstance(err, EngineError):
-                log.exception("unexpected engine failure on %s", items[0].audio.key)
+                log.exception("unexpected engine failure on %s", items[0].input.audio.key)
             items[0].failure = "oom" if oom else "engine_error"
             items[0].failure_detail = detail
             return
@@ -372,13 +376,6 @@ class _DecodedChunk(AudioChunk):
     corrupt_packets: int = 0
     segments: list[Span] | None = None
     """The spans of it to transcribe (samples from its start), once the VAD ran; None for all of it."""
-
-
-def _piece(chunk: AudioChunk, span: Span, i: int) -> AudioChunk:
-    """One segment of a chunk, as the engine takes it: its own samples and its own offset in file time."""
-    start, end = span
-    return AudioChunk(key=f"{chunk.key}#{i}", samples=chunk.samples[start:end],
-                      offset_s=chunk.offset_s + start / SAMPLE_RATE)
 
 
 def _duration(w: _Work) -> float:

@@ -11,7 +11,8 @@ How a chunk is cut:
 2. a region still longer than ``max_len`` (speech with no pause) is cut where the speech
    probability is lowest in the second half of its allowed length, or evenly without
    probabilities;
-3. a pause longer than ``max_pause`` always ends a segment, so long silences are never sent;
+3. a pause longer than ``max_pause`` (``SEGMENT_MAX_PAUSE_SECONDS``) always ends a segment, so long
+   silences are never sent;
 4. a run of regions longer than ``max_len`` is cut at its longest pause, then each half in
    the same way, until every piece fits.
 """
@@ -19,20 +20,23 @@ How a chunk is cut:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from parascribe.audio import SAMPLE_RATE
 from parascribe.config import Settings
 
-__all__ = ["MAX_PAUSE_S", "Segmenter", "Span", "Speech", "file_time", "plan_segments", "speech_seconds"]
+__all__ = ["Segmenter", "Span", "Speech", "default_max_pause", "file_time", "plan_segments", "speech_seconds"]
 
 Span = tuple[int, int]
 """``(start, end)`` in samples from the start of the chunk; half-open."""
 
-MAX_PAUSE_S = 2.0
-"""A pause longer than this (after padding) always separates two segments: it is skipped, not transcribed."""
+
+
+def default_max_pause() -> int:
+    """``SEGMENT_MAX_PAUSE_SECONDS``'s default, in samples: the settings model holds the one value."""
+    return int(Settings.model_fields["segment_max_pause_seconds"].default * SAMPLE_RATE)
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,8 @@ def plan_segments(regions: Sequence[Span], total: int, *, max_len: int, pad: int
         total: the chunk's length in samples.
         max_len: the longest segment, in samples (padding included).
         pad: samples added before and after each region.
-        max_pause: a pause longer than this always ends a segment; None for
-            :data:`MAX_PAUSE_S`.
+        max_pause: a pause (after padding) longer than this, in samples, always ends a segment:
+            it is skipped, not transcribed. None for ``SEGMENT_MAX_PAUSE_SECONDS``' default.
         probs: per-window speech probabilities, to cut unbroken speech at its quietest point.
         window: samples per probability.
 
@@ -122,7 +126,7 @@ def plan_segments(regions: Sequence[Span], total: int, *, max_len: int, pad: int
     """
     if max_len <= 0:
         raise ValueError(f"max_len must be positive, got {max_len}")
-    pause = int(MAX_PAUSE_S * SAMPLE_RATE) if max_pause is None else max_pause
+    pause = default_max_pause() if max_pause is None else max_pause
     pieces = [p for span in _padded(regions, total, pad) for p in _split_long(span, max_len, probs, window)]
     out: list[Span] = []
     run: list[Span] = []
@@ -144,19 +148,23 @@ class Segmenter:
         detect: where the speech is in 16 kHz audio (``SileroVad.detect``).
         max_len: ``SEGMENT_MAX_SECONDS`` in samples.
         pad: ``VAD_SPEECH_PAD_MS`` in samples.
+        max_pause: ``SEGMENT_MAX_PAUSE_SECONDS`` in samples: a longer pause always ends a segment.
     """
 
     detect: Callable[[np.ndarray], Speech]
     max_len: int
     pad: int
+    max_pause: int = field(default_factory=default_max_pause)
 
     @classmethod
     def from_settings(cls, settings: Settings,
                       detect: Callable[[np.ndarray], Speech]) -> Segmenter:
         return cls(detect=detect, max_len=int(settings.segment_max_seconds * SAMPLE_RATE),
-                   pad=int(settings.vad_speech_pad_ms * SAMPLE_RATE / 1000))
+                   pad=int(settings.vad_speech_pad_ms * SAMPLE_RATE / 1000),
+                   max_pause=int(settings.segment_max_pause_seconds * SAMPLE_RATE))
 
     def plan(self, samples: np.ndarray) -> list[Span]:
         """The spans of ``samples`` to transcribe; empty when it holds no speech."""
         speech = self.detect(samples)
-        return plan_segments(speech.regions, len(samples), max_len=self.max_len, pad=self.pad, probs=speech.probs)
+        return plan_segments(speech.regions, len(samples), max_len=self.max_len, pad=self.pad,
+                             max_pause=self.max_pause, probs=speech.probs)

@@ -34,7 +34,10 @@ class EngineOutput:
 
 
 class AsrEngine(Protocol):
-    """Transcribes batches. Implementations are not thread-safe: call from one thread."""
+    """Transcribes batches. Implementations are not thread-safe: call from one thread.
+
+    An engine may also have a ``window_seconds`` attribute: see :func:`window_seconds`.
+    """
 
     name: EngineName
 
@@ -48,3 +51,15 @@ class AsrEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def window_seconds(engine: object) -> float | None:
+    """The fixed window an engine always encodes, in seconds, or None when its cost follows the audio's length.
+
+    Whisper reads audio in 30 s windows, so a 4 s input costs as much as 30 s: for such an engine the
+    worker packs a chunk's consecutive speech segments into inputs of at most this length
+    (:mod:`parascribe.asr.units`). Parakeet has no such window (None), so short segments go alone,
+    batched by length. An optional attribute: an engine without it has no window.
+    """
+    value = getattr(engine, "window_seconds", None)
+    return float(value) if value else None

@@ -44,6 +44,10 @@ are not what silence looks like to it; a speech segment cut 0.2 s after its last
 words (tiny.en on espeak-ng: WER 0.67 without, 0.22 with a second of silence after it)."""
 
 
+WHISPER_WINDOW_S = 30.0
+"""Whisper encodes every input in windows of 30 s, the last one padded: its cost follows windows, not seconds."""
+
+
 def leading_silence(samples: np.ndarray) -> int | None:
     """Samples of silence before the first sound, or None when the whole chunk is silent.
 
@@ -70,6 +74,9 @@ class OfflineEngine:
     """
 
     name: EngineName = "offline"
+    window_seconds: float | None = WHISPER_WINDOW_S - TAIL_SILENCE_S
+    """The longest input that still fits one Whisper window with the tail silence appended: the worker
+    packs speech segments into inputs this long (29 s), so each costs one encoder pass, not two."""
 
     def __init__(self, model_path: str | None = None, cpu_threads: int = 2, beam_size: int = 1,
                  language: str = "en") -> None:
