@@ -97,4 +97,10 @@ infra-check:  ## terraform formatting (validate/plan need the provider and crede
 clean: down  ## remove local state (keeps the virtualenv)
 	rm -rf .parascribe .pytest_cache .mypy_cache .ruff_cache
 
-.PHONY: help system-deps setup convex-deps browser-deps test test-unit up down demo bench-quick bench bench-load clean infra-names router-zip infra-check
+gpu-kit: setup  ## wheels for one GPU validation run (bench/gpu/wheels, ~58 MB); see bench/gpu/README.md
+	$(PY) bench/gpu/prepare.py
+
+gpu-kit-cpu: setup  ## the GPU kit end to end on this CPU, small sizes (a few minutes)
+	$(PY) bench/gpu/run.py --device cpu --quick --out .parascribe/gpu-cpu.json
+
+.PHONY: help system-deps setup convex-deps browser-deps gpu-kit gpu-kit-cpu test test-unit up down demo bench-quick bench bench-load clean infra-names router-zip infra-check
