@@ -32,6 +32,12 @@ META_REQUEST_ID = "parascribe-request-id"
 META_SOURCE_URL = "parascribe-source-url"
 META_TITLE = "parascribe-title"
 
+# Where uploads made on a user's behalf land in the uploads bucket, under their request id.
+API_UPLOAD_PREFIX = "api/"
+"""``api/<request_id>/<file>``: resumable uploads and gs:// copies made by the API."""
+INGEST_UPLOAD_PREFIX = "ingest/"
+"""``ingest/<request_id>/<title>``: audio the ingest worker fetched from a URL."""
+
 BUCKET_UPLOADS = "uploads"
 BUCKET_TRANSCRIPTS = "transcripts"
 BUCKET_STATE = "state"

@@ -278,3 +278,21 @@ def test_openapi_lists_every_endpoint(api: Api) -> None:
             ("/v1/jobs/{job_id}", "get"), ("/v1/jobs/{job_id}/transcript", "get")} <= paths
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert api.client.get("/docs").status_code == 200
+
+
+def test_an_ingest_upload_that_landed_after_its_request_was_failed_wins(api: Api) -> None:
+    """The ingest worker uploaded, then died; the dead-letter handler failed the record: the job still counts."""
+    from parascribe.requests_store import RequestStore
+
+    rid = api.client.post("/v1/jobs", headers=AUTH, json={"url": "https://example.com/vod.mp4"}).json()["job_id"]
+    api.pull()
+    RequestStore(api.store, api.settings.state_bucket).fail(rid, "the ingest worker gave up on this URL after 5 attempts")
+    assert api.client.get(f"/v1/jobs/{rid}", headers=AUTH).json()["state"] == "failed"
+    name = f"{names.INGEST_UPLOAD_PREFIX}{rid}/vod.m4a"
+    generation = api.store.write(api.settings.uploads_bucket, name, b"audio", content_type="audio/mp4",
+                                 metadata={names.META_REQUEST_ID: rid})
+    status = api.client.get(f"/v1/jobs/{rid}", headers=AUTH).json()
+    assert status["job_id"] == make_job_id(api.settings.uploads_bucket, name, str(generation))
+    assert (status["state"], status["request_id"]) == ("submitted", rid)
+    record = _record(api, rid)
+    assert (record.state, record.upload_uri) == ("submitted", f"gs://{api.settings.uploads_bucket}/{name}")

@@ -14,6 +14,7 @@ from typing import Protocol
 import google.cloud.storage as storage
 from google.api_core import exceptions as gexc
 
+from parascribe import names
 from parascribe.api.errors import ApiError
 from parascribe.errors import TransientError
 from parascribe.gcp.storage import ObjectInfo
@@ -21,7 +22,7 @@ from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META
 
 log = logging.getLogger(__name__)
 
-UPLOAD_PREFIX = "api/"
+UPLOAD_PREFIX = names.API_UPLOAD_PREFIX
 MAX_FILENAME_BYTES = 512
 
 
@@ -32,9 +33,10 @@ def upload_prefix(request_id: str) -> str:
 
 def request_id_of(name: str) -> str | None:
     """The request id an uploaded object was made for, from its name; None for a user's own drop."""
-    if not name.startswith(UPLOAD_PREFIX):
+    prefix = next((p for p in (UPLOAD_PREFIX, names.INGEST_UPLOAD_PREFIX) if name.startswith(p)), None)
+    if prefix is None:
         return None
-    rid = name[len(UPLOAD_PREFIX):].split("/", 1)[0]
+    rid = name[len(prefix):].split("/", 1)[0]
     return rid if len(rid) == 21 and rid.startswith("r") else None
 
 

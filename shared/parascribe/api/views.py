@@ -12,6 +12,7 @@ import logging
 import re
 from typing import Any
 
+from parascribe import names
 from parascribe.api.errors import ApiError
 from parascribe.api.uploads import Uploads, request_id_of, upload_prefix
 from parascribe.contracts import JobStatus, make_job_id
@@ -69,7 +70,7 @@ class JobsView:
             status = self._jobs.status(any_id)
             if status is None:
                 raise ApiError(404, f"no job {any_id} (yet: a job appears moments after its upload lands)")
-            rid = request_id_of(status.source.name) if status.source else None
+            rid = status.origin.request_id or (request_id_of(status.source.name) if status.source else None)
             return status, (self._requests.get(rid) if rid else None)
         raise ApiError(404, f"{any_id!r} is neither a request id (r + 20 hex) nor a job id (j + 20 hex)")
 
@@ -82,9 +83,14 @@ class JobsView:
 
     def _with_job(self, request: ApiRequest) -> ApiRequest:
         """``request``, with its job id once its upload has landed under ``api/<request_id>/``."""
-        if request.job_id or request.state == "failed":
+        if request.job_id:
             return request
-        found = self._uploads.find(upload_prefix(request.request_id))
+        # A URL request's upload is the ingest worker's; it may land after the record was failed (the worker
+        # died after uploading and the message was dead-lettered): the landed upload wins.
+        prefixes = [upload_prefix(request.request_id)]
+        if request.url:
+            prefixes.append(f"{names.INGEST_UPLOAD_PREFIX}{request.request_id}/")
+        found = next((f for f in map(self._uploads.find, prefixes) if f is not None), None)
         if found is None:
             return request
         job_id = make_job_id(self._uploads.bucket, found.name, found.generation)

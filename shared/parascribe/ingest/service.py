@@ -50,7 +50,7 @@ def safe_name(title: str | None, limit: int = 80) -> str:
 
 
 def upload_prefix(request_id: str) -> str:
-    return f"ingest/{request_id}/"
+    return f"{names.INGEST_UPLOAD_PREFIX}{request_id}/"
 
 
 @dataclass(frozen=True)
