@@ -276,17 +276,14 @@ class Merger:
 
         status = self._jobs.update_status(outcome.job_id, change)
         assert status is not None
-        self._notifier.notify(status)
+        delivered = self._notifier.notify(status)
         self._record_metrics(status, results)
-        delivered = self._jobs.status(outcome.job_id)
-        if delivered is not None and not undelivered(delivered):  # else the sweeper sends it again
+        if not undelivered(delivered):  # else the sweeper sends it again
             self._jobs.close(outcome.job_id)
 
     def resend_webhook(self, status: JobStatus) -> bool:
         """Send a finished job's webhook again (the sweeper, after the receiver was down); True when delivered."""
-        self._notifier.notify(status, resend=True)
-        delivered = self._jobs.status(status.job_id)
-        if delivered is None or undelivered(delivered):
+        if undelivered(self._notifier.notify(status, resend=True)):
             return False
         self._jobs.close(status.job_id)
         return True

@@ -250,28 +250,30 @@ class WebhookNotifier:
         ceiling = min(self._cap, self._base * 2 ** (attempt - 1))
         return ceiling / 2 + self._rng() * ceiling / 2
 
-    def notify(self, status: JobStatus, resend: bool = False) -> WebhookState:
+    def notify(self, status: JobStatus, resend: bool = False) -> JobStatus:
         """Deliver the webhook for a final ``status``, and its callback when it has one; record both on the job.
 
         Args:
             resend: skip a target that already has its delivery (the sweeper's and a redelivery's resend).
 
         Returns:
-            The Convex webhook's state (``disabled`` when none is configured).
+            ``status`` with the deliveries as recorded: ``webhook`` (``disabled`` when none is configured)
+            and ``callback``.
         """
         body = encode_payload(build_payload(status))
+        after = status.model_copy()
         if not self._url:
-            webhook = self._record(status.job_id, WebhookState(state="disabled"))
-        elif resend and status.webhook.state == "delivered":
-            webhook = status.webhook
-        else:
+            after.webhook = self._record(status.job_id, WebhookState(state="disabled"))
+        elif not (resend and status.webhook.state == "delivered"):
             self._record(status.job_id, WebhookState(state="pending"))
-            webhook = self._record(status.job_id, self._deliver(status.job_id, self._url, self._key, body, "webhook"))
+            after.webhook = self._record(status.job_id,
+                                         self._deliver(status.job_id, self._url, self._key, body, "webhook"))
         callback_url = status.origin.callback_url
         if callback_url and not (resend and status.callback is not None and status.callback.state == "delivered"):
             self._record(status.job_id, WebhookState(state="pending"), callback=True)
-            self._record(status.job_id, self._callback(status.job_id, callback_url, body), callback=True)
-        return webhook
+            after.callback = self._record(status.job_id, self._callback(status.job_id, callback_url, body),
+                                          callback=True)
+        return after
 
     def _callback(self, job_id: str, url: str, body: bytes) -> WebhookState:
         if self._callback_key is None:
@@ -372,7 +374,7 @@ def redeliver(
     own = notifier is None
     notifier = notifier or WebhookNotifier(options, jobs)
     try:
-        return notifier.notify(status)
+        return notifier.notify(status).webhook
     finally:
         if own:
             notifier.close()
