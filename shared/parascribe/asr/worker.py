@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -33,7 +31,7 @@ from parascribe.config import Settings
 from parascribe.engines.base import AsrEngine
 from parascribe.errors import EngineUnavailableError
 from parascribe.gcp.pubsub import HealthServer, Message, Publisher
-from parascribe.gcp.pull import Ackable, Puller
+from parascribe.gcp.pull import Ackable, Puller, run_until_stopped
 from parascribe.gcp.source_cache import SourceCache
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import EndedJobs
@@ -272,15 +270,5 @@ class AsrWorker:
         Returns:
             The process exit code: 0 after a requested stop, 1 when the stream failed.
         """
-        if threading.current_thread() is threading.main_thread():
-            def on_signal(signum: int, _frame: FrameType | None) -> None:
-                log.info("received %s, stopping", signal.Signals(signum).name)
-                self.request_stop()
-
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
-        self.start()
-        while not self._stop_requested.wait(1.0):
-            pass
-        self.stop()
+        run_until_stopped(self.start, self.stop, self._stop_requested)
         return 1 if self._pull_error is not None else 0

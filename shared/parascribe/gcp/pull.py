@@ -15,9 +15,11 @@ takes a few messages per batch, so unary pulls cost nothing that matters.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
@@ -161,3 +163,22 @@ class Puller:
                                                               "ack_deadline_seconds": max(1, round(self._lease_s))})
             except gexc.GoogleAPICallError as err:
                 log.warning("could not extend %d lease(s): %s", len(ids), err)
+
+
+def run_until_stopped(start: Callable[[], None], stop: Callable[[], None], stop_requested: threading.Event) -> None:
+    """A pull worker's process life: start, wait for ``stop_requested``, stop gracefully.
+
+    On the main thread, SIGTERM (Cloud Run's notice) and SIGINT set ``stop_requested``;
+    the worker sets it itself when pulling fails for good.
+    """
+    if threading.current_thread() is threading.main_thread():
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            stop_requested.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    start()
+    while not stop_requested.wait(1.0):
+        pass
+    stop()

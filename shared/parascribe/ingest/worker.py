@@ -13,10 +13,8 @@ requests in hand: each stops at its next read and is nacked, for another worker 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from types import FrameType
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
@@ -24,7 +22,7 @@ import google.cloud.pubsub_v1 as pubsub_v1
 from parascribe import names
 from parascribe.config import Settings
 from parascribe.gcp.pubsub import HealthServer, Message
-from parascribe.gcp.pull import Ackable, Puller
+from parascribe.gcp.pull import Ackable, Puller, run_until_stopped
 from parascribe.ingest.service import Ingestor
 
 log = logging.getLogger(__name__)
@@ -150,15 +148,5 @@ class IngestWorker:
         Returns:
             The exit code: 0 after a requested stop, 1 when pulling failed.
         """
-        if threading.current_thread() is threading.main_thread():
-            def on_signal(signum: int, _frame: FrameType | None) -> None:
-                log.info("received %s, stopping", signal.Signals(signum).name)
-                self.request_stop()
-
-            signal.signal(signal.SIGTERM, on_signal)
-            signal.signal(signal.SIGINT, on_signal)
-        self.start()
-        while not self._stop_requested.wait(1.0):
-            pass
-        self.stop()
+        run_until_stopped(self.start, self.stop, self._stop_requested)
         return 1 if self._pull_error is not None else 0
