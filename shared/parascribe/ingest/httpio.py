@@ -126,7 +126,35 @@ def content_length(response: httpx.Response) -> int | None:
     return value if value >= 0 else None
 
 
-class HttpReader(io.RawIOBase):
+class _ResponseStream(io.RawIOBase):
+    """A read-only stream over one open response at a time: the readers below share how they hold it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fetched: Fetched | None = None
+        self._chunks: Iterator[bytes] | None = None
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def _take(self, fetched: Fetched, budget: Budget) -> None:
+        """Read from ``fetched`` next, counting its bytes against ``budget``."""
+        self._fetched = fetched
+        self._chunks = body_iter(fetched, budget)
+
+    def _close_response(self) -> None:
+        if self._fetched is not None:
+            self._fetched.response.close()
+            self._fetched = None
+        self._chunks = None
+
+    def close(self) -> None:
+        self._close_response()
+        super().close()
+
+
+class HttpReader(_ResponseStream):
     """A remote body as a read-only file, seekable by ``Range`` when the server allows it.
 
     Args:
@@ -149,9 +177,7 @@ class HttpReader(io.RawIOBase):
             raise budget.too_big(f"the server says it is {_mb(self._size)}")
         ranges = fetched.response.headers.get("accept-ranges", "").lower() == "bytes"
         self._seekable = ranges and self._size is not None
-        self._fetched: Fetched | None = fetched
-        self._chunks: Iterator[bytes] | None = body_iter(fetched, budget)
-        self._buffer = b""
+        self._take(fetched, budget)
         self._at = 0
         """Offset of the first byte of ``_buffer`` in the body."""
         self._pos = 0
@@ -159,9 +185,6 @@ class HttpReader(io.RawIOBase):
     @property
     def size(self) -> int | None:
         return self._size
-
-    def readable(self) -> bool:
-        return True
 
     def seekable(self) -> bool:
         return self._seekable
@@ -221,23 +244,11 @@ class HttpReader(io.RawIOBase):
         if fetched.response.status_code != 206:
             fetched.response.close()
             raise PermanentError(f"the server of {self._url} ignored a Range request it said it supports")
-        self._fetched = fetched
-        self._chunks = body_iter(fetched, self._budget)
+        self._take(fetched, self._budget)
         self._buffer = b""
         self._at = self._pos
 
-    def _close_response(self) -> None:
-        if self._fetched is not None:
-            self._fetched.response.close()
-            self._fetched = None
-        self._chunks = None
-
-    def close(self) -> None:
-        self._close_response()
-        super().close()
-
-
-class SegmentReader(io.RawIOBase):
+class SegmentReader(_ResponseStream):
     """HLS segments (and the init section, if any) read one after another as a single stream.
 
     Args:
@@ -255,12 +266,6 @@ class SegmentReader(io.RawIOBase):
         self._next = 0
         self._budget = budget
         self._headers = dict(headers or {})
-        self._fetched: Fetched | None = None
-        self._chunks: Iterator[bytes] | None = None
-        self._buffer = b""
-
-    def readable(self) -> bool:
-        return True
 
     def seekable(self) -> bool:
         return False
@@ -288,15 +293,4 @@ class SegmentReader(io.RawIOBase):
         self._budget.check()
         fetched = self._http.open(url, self._headers)
         raise_for_status(fetched, "an HLS segment")
-        self._fetched = fetched
-        self._chunks = body_iter(fetched, self._budget)
-
-    def _close_response(self) -> None:
-        if self._fetched is not None:
-            self._fetched.response.close()
-            self._fetched = None
-        self._chunks = None
-
-    def close(self) -> None:
-        self._close_response()
-        super().close()
+        self._take(fetched, self._budget)
