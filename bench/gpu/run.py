@@ -19,6 +19,9 @@ the JSON is rewritten after every mode, so a run cut short still leaves what it 
   decoding off; each with its RTFx, encoder RTFx, peak memory and the encoder's share of the bf16 bound;
 - ``oom``: a small ``GPU_MEMORY_LIMIT_GB`` that a batch cannot fit: it must recover by halving.
 
+The summary ends with ``l4_estimate`` (``l4_estimate.py``): the figures scaled to Cloud Run's L4 by the
+datasheet rates, with the cost per audio hour and a suggested ``GPU_EXPECTED_RTFX``.
+
 A mode that would start after ``--budget-s`` is skipped, and says so.
 """
 
@@ -373,6 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.data["budget_s"] = budget
         run_modes(modes, report, budget, {f for f in args.fail.split(",") if f})
     report.data["summary"] = summarise(report.data)
+    try:
+        from l4_estimate import estimate
+
+        report.data["summary"]["l4_estimate"] = estimate(report.data)
+    except Exception as err:  # noqa: BLE001  (the measurements matter more than the estimate drawn from them)
+        report.data["summary"]["l4_estimate"] = {"applies": False, "error": f"{type(err).__name__}: {err}"}
     report.write()
     print(json.dumps(report.data["summary"], indent=2, default=str))
     return 0

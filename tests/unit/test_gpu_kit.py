@@ -43,6 +43,11 @@ def flops() -> ModuleType:
     return _load("kit_flops")
 
 
+@pytest.fixture(scope="module")
+def l4() -> ModuleType:
+    return _load("l4_estimate")
+
+
 # --- the pins ---
 
 
@@ -203,6 +208,64 @@ def test_summary_judges_targets_on_a_full_gpu_run_only(run: ModuleType) -> None:
     assert cpu["targets_met"] == {"segments_rtfx": None, "chunks_rtfx": None} and cpu["targets_apply"] is False
 
 
+# --- the L4 estimate drawn from a GPU run ---
+
+
+def _h200_run(**modes: dict[str, Any]) -> dict[str, Any]:
+    """A kit document as a full H200 run writes it; the figures are made up for the arithmetic."""
+    return {"device": "cuda", "quick": False,
+            "modes": {"env": {"status": "ok", "device_name": "NVIDIA H200"},
+                      "matmul": {"status": "ok", "bf16_flop_per_s": 7.9e14}, **modes}}
+
+
+def _throughput(regime: str, batch: int, rtfx: float, encoder_fraction: float, peak_gb: float) -> dict[str, Any]:
+    audio_s = 3600.0
+    seconds = audio_s / rtfx
+    return {"status": "ok", "regime": regime, "batch": batch, "audio_s": audio_s, "rtfx": rtfx,
+            "seconds": seconds, "encoder_seconds": seconds * encoder_fraction, "peak_memory_mb": peak_gb * 1024}
+
+
+def test_the_l4_estimate_scales_encoder_time_by_compute_and_the_rest_by_a_bracket(l4: ModuleType) -> None:
+    from parascribe.config import Settings
+    from parascribe.costs import Prices
+
+    data = _h200_run(segments_b64=_throughput("segments", 64, 6000.0, 0.75, 12.0),
+                     segments_b128=_throughput("segments", 128, 7000.0, 0.8, 31.0),
+                     segments_b128_graphs_off=_throughput("segments", 128, 5000.0, 0.6, 31.0),
+                     chunks_b16=_throughput("chunks", 16, 2500.0, 0.9, 60.0))
+    out = l4.estimate(data)
+    assert out["applies"] and out["is_an_estimate"]
+    compute, bandwidth = 989.0 / 121.0, 4.8 / 0.3
+    assert out["compute_ratio"] == round(compute, 2) and out["bandwidth_ratio"] == round(bandwidth, 2)
+    assert out["measured_on"]["fraction_of_datasheet_peak"] == round(7.9e14 / 989e12, 3)
+    seg = out["modes"]["segments_b64"]
+    assert seg["l4_rtfx_central"] == round(6000.0 / compute, 1)
+    # 0.75 of the time scales by compute, 0.25 by bandwidth: 1 / (0.75 * 8.17 + 0.25 * 16) of the H200's rate.
+    assert seg["l4_rtfx_conservative"] == round(6000.0 / (0.75 * compute + 0.25 * bandwidth), 1)
+    assert seg["l4_rtfx_conservative"] < seg["l4_rtfx_central"]
+    assert seg["fits_l4"] and not out["modes"]["segments_b128"]["fits_l4"] and not out["modes"]["chunks_b16"]["fits_l4"]
+    assert "segments_b128_graphs_off" not in out["modes"], "graphs-off runs are not what the worker runs"
+    prices = Prices.from_settings(Settings())
+    per_hour = prices.gpu_instance_per_second * 3600 / seg["l4_rtfx_central"]
+    assert seg["cost_central"]["usd_per_audio_hour"] == pytest.approx(per_hour, abs=1e-5)
+    assert seg["cost_central"]["percent_of_deepgram"] == pytest.approx(
+        100 * per_hour / (prices.deepgram_per_second * 3600), abs=0.01)
+    # The largest segments batch that fits an L4 (64, not the 31-GB 128), conservative, rounded down to 10.
+    assert out["suggested_gpu_expected_rtfx"] == int(seg["l4_rtfx_conservative"] // 10 * 10)
+    assert "batch 64" in out["suggested_from"]
+
+
+def test_the_l4_estimate_refuses_what_it_cannot_scale(l4: ModuleType) -> None:
+    seg = _throughput("segments", 64, 6000.0, 0.75, 12.0)
+    assert not l4.estimate({"device": "cpu", "quick": True, "modes": {"segments_b64": seg}})["applies"]
+    assert not l4.estimate({**_h200_run(segments_b64=seg), "quick": True})["applies"]
+    unknown = _h200_run(segments_b64=seg)
+    unknown["modes"]["env"]["device_name"] = "Some Accelerator"
+    assert "no datasheet figures" in l4.estimate(unknown)["why"]
+    too_big = l4.estimate(_h200_run(segments_b128=_throughput("segments", 128, 7000.0, 0.8, 31.0)))
+    assert too_big["applies"] and too_big["suggested_gpu_expected_rtfx"] is None, "nothing measured fits an L4"
+
+
 @pytest.mark.nemo
 @pytest.mark.slow
 def test_the_script_writes_its_json_when_a_mode_is_forced_to_fail(tmp_path: Path) -> None:
@@ -222,3 +285,4 @@ def test_the_script_writes_its_json_when_a_mode_is_forced_to_fail(tmp_path: Path
     assert modes["build"]["status"] == "error" and "forced failure" in modes["build"]["error"]
     assert modes["flops"]["status"] == "skipped"
     assert data["summary"]["modes_failed"] == ["build"] and json.loads(done.stdout)["modes_ok"] == ["env", "matmul"]
+    assert data["summary"]["l4_estimate"]["applies"] is False, "a CPU run is never scaled to an L4"
