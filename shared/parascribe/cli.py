@@ -268,6 +268,15 @@ def cmd_names(args: argparse.Namespace) -> int:
     return 0
 
 
+def _language(value: str) -> str:
+    from parascribe.languages import parse_language
+
+    try:
+        return parse_language(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parascribe", description="Self-hosted transcription pipeline.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -283,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object per file")
     s.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
     s.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
+    s.add_argument("--language", type=_language, help="the spoken language: en (default), es, pt-BR, multi...")
     s.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait with --wait (default 1800)")
     s.set_defaults(fn=cmd_submit)
 
@@ -318,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
     pl.add_argument("--backlog-seconds", type=float, dest="backlog_seconds", help="audio already queued for the GPU")
     pl.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
+    pl.add_argument("--language", type=_language, help="the spoken language (the GPU transcribes English only)")
     pl.add_argument("--spent-usd", type=float, dest="spent_usd",
                     help="what-if: the month's spend so far, against MONTHLY_BUDGET_USD")
     pl.add_argument("--json", action="store_true")

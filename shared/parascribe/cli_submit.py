@@ -28,7 +28,8 @@ def _submit_urls(args: argparse.Namespace, urls: list[str]) -> int:
     from parascribe import sdk
 
     client = sdk.connect()
-    jobs = [(url, sdk.submit(url, method=args.method, deadline_minutes=args.deadline_minutes, client=client))
+    jobs = [(url, sdk.submit(url, method=args.method, deadline_minutes=args.deadline_minutes,
+                                  language=getattr(args, "language", None), client=client))
             for url in urls]
     failed = False
     for url, job in jobs:
@@ -62,7 +63,8 @@ def _submit_files(args: argparse.Namespace, files: list[str],
     from parascribe.client import result_record, transcript_text, upload, wait_for
 
     settings, store, jobs = clients()
-    subs = [upload(store.client, settings, Path(f), args.method, args.deadline_minutes) for f in files]
+    subs = [upload(store.client, settings, Path(f), args.method, args.deadline_minutes,
+                   getattr(args, "language", None)) for f in files]
     if not args.wait:
         for sub in subs:
             print(json.dumps({"file": str(sub.file), "job_id": sub.job_id, "source": sub.uri}) if args.json

@@ -19,7 +19,7 @@ from parascribe.config import Settings
 from parascribe.contracts import JobStatus, make_job_id
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
-from parascribe.names import META_DEADLINE, META_METHOD
+from parascribe.names import META_DEADLINE, META_LANGUAGE, META_METHOD
 
 
 @dataclass
@@ -41,6 +41,7 @@ def upload(
     file: Path,
     method: str | None = None,
     deadline_minutes: float | None = None,
+    language: str | None = None,
 ) -> Submission:
     """Upload one file to the uploads bucket; return its deterministic job id."""
     if not file.is_file():
@@ -51,6 +52,8 @@ def upload(
         metadata[META_METHOD] = method
     if deadline_minutes is not None:
         metadata[META_DEADLINE] = f"{deadline_minutes:g}"
+    if language:
+        metadata[META_LANGUAGE] = language
     blob.metadata = metadata or None
     content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     blob.upload_from_filename(str(file), content_type=content_type)
@@ -111,5 +114,6 @@ def result_record(sub: Submission, status: JobStatus | None, text: str | None, t
         "text": text,
         "outputs": status.outputs if status else {},
         "engines": status.engines if status else [],
+        "language": status.summary.language if status and status.summary else None,
         "webhook": status.webhook.state if status else None,
     }

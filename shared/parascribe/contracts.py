@@ -1,10 +1,8 @@
 """Typed, versioned contracts between services.
 
-Every message carries ``schema_version``. Readers ignore fields they do not
-know, so a field can be added without breaking an older reader; a change that
-breaks readers bumps the version. Messages carry references (gs:// URIs,
-offsets), never audio bytes. All times are seconds in *file time* unless a
-name says otherwise.
+Every message carries ``schema_version``. Readers ignore fields they do not know, so a field can
+be added without breaking an older reader; a change that breaks readers bumps the version. Messages
+carry references (gs:// URIs, offsets), never audio bytes. Times are seconds in *file time*.
 """
 
 from __future__ import annotations
@@ -131,15 +129,15 @@ class Origin(Value):
 class UploadEvent(Contract):
     """An OBJECT_FINALIZE in the upload bucket, from either trigger shape.
 
-    ``method`` and ``deadline_minutes`` come from the object's custom metadata
-    (``parascribe-method``, ``parascribe-deadline-minutes``), which is how a
-    client asks for something other than the defaults.
+    ``method``, ``deadline_minutes`` and ``language`` come from the object's custom metadata
+    (``parascribe-*``, :mod:`parascribe.names`): how a client asks for other than the defaults.
     """
 
     source: SourceRef
     event_time: datetime | None = None
     method: Method | None = None
     deadline_minutes: float | None = Field(default=None, gt=0)
+    language: str | None = None
     metadata_error: str | None = None
     """Why the ``parascribe-*`` metadata was rejected; the router fails the job with this reason."""
     origin: Origin = Field(default_factory=Origin)
@@ -185,6 +183,8 @@ class JobManifest(Contract):
     audio: AudioInfo
     method: Method
     deadline_minutes: float
+    language: str | None = None
+    """The spoken language the upload named (:mod:`parascribe.languages`); None: the deployment's default."""
     chunks: list[PlannedChunk]
     estimated_cost_usd: float = 0.0
     estimated_deepgram_only_usd: float = 0.0
@@ -210,6 +210,7 @@ class ChunkTask(Contract):
     path: Route
     whole_file: bool = False
     """True when the chunk is the whole file: Deepgram then fetches it by signed URL."""
+    language: str | None = None
     fallback_reason: str | None = None
     fallback_from: Route | None = None
     submitted_at: datetime = Field(default_factory=utcnow)
@@ -226,12 +227,11 @@ class ChunkTask(Contract):
 
     @property
     def decode_limit_s(self) -> float:
-        """The furthest decoding may read: the chunk's end, or for the last chunk its end plus a margin.
+        """The furthest decoding may read: the chunk's end, or for the last one its end plus a margin.
 
-        The margin is ``max(DECODE_MARGIN_MIN_S, DECODE_MARGIN_FRACTION × duration)``. A header can
-        understate the length by any amount (an mp3 whose Xing header says 0.6 s may hold hours), so
-        audio going on past this fails the chunk with a reason instead of being decoded, and billed,
-        without bound; ``MAX_AUDIO_MINUTES`` then bounds every file.
+        The margin is ``max(DECODE_MARGIN_MIN_S, DECODE_MARGIN_FRACTION × duration)``. A header can understate
+        the length by any amount (an mp3 whose Xing header says 0.6 s may hold hours), so audio past this
+        fails the chunk with a reason instead of being decoded, and billed, without bound.
         """
         if self.decode_end_s is not None:
             return self.decode_end_s
@@ -364,6 +364,7 @@ class JobSummary(Value):
     """Packets skipped as corrupt, summed over the chunks (one in an overlap counts once per chunk)."""
     speech_s: float = 0.0
     skipped_s: float = 0.0
+    language: str | None = None
 
 
 class JobStatus(Contract):

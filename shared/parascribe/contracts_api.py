@@ -34,6 +34,7 @@ class IngestRequest(Contract):
     url: str
     method: Method | None = None
     deadline_minutes: float | None = Field(default=None, gt=0)
+    language: str | None = None
     callback_url: str | None = None
     submitted_at: datetime = Field(default_factory=utcnow)
 
@@ -55,6 +56,7 @@ class ApiRequest(Contract):
     upload_uri: str | None = None
     method: Method | None = None
     deadline_minutes: float | None = None
+    language: str | None = None
     callback_url: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

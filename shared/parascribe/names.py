@@ -27,6 +27,7 @@ SUB_INGEST = "ingest-pull"
 # an upload made on a user's behalf came from. The router reads them into the job's manifest.
 META_METHOD = "parascribe-method"
 META_DEADLINE = "parascribe-deadline-minutes"
+META_LANGUAGE = "parascribe-language"
 META_CALLBACK_URL = "parascribe-callback-url"
 META_REQUEST_ID = "parascribe-request-id"
 META_SOURCE_URL = "parascribe-source-url"

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 BudgetLevel = Literal["unlimited", "ok", "warning_50", "warning_80", "exhausted", "unknown"]
-SpillReason = Literal["none", "deadline", "backlog", "budget", "method", "gpu_disabled"]
+SpillReason = Literal["none", "deadline", "backlog", "budget", "method", "gpu_disabled", "language"]
 """Why chunks went to Deepgram at plan time (runtime fallbacks are counted apart, as ``failure``)."""
 
 
@@ -50,6 +50,8 @@ class PlanExplanation(Value):
     summary: str
     requested_method: str
     method: str
+    language: str | None = None
+    """The spoken language the upload named; one the GPU cannot transcribe sends every chunk to Deepgram."""
     duration_s: float = Field(ge=0)
     deadline_s: float = Field(ge=0)
     chunk_count: int = Field(default=0, ge=0)

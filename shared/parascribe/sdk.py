@@ -223,8 +223,10 @@ class Job:
         )
 
 
-def _options(method: str | None, deadline_minutes: float | None, callback_url: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"method": method, "deadline_minutes": deadline_minutes, "callback_url": callback_url}
+def _options(method: str | None, deadline_minutes: float | None, callback_url: str | None,
+             language: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"method": method, "deadline_minutes": deadline_minutes, "callback_url": callback_url,
+                           "language": language}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -275,7 +277,8 @@ def _committed(http: httpx.Client, upload_url: str, size: int) -> int:
 
 
 def submit(source: str | os.PathLike[str], *, method: str | None = None, deadline_minutes: float | None = None,
-           callback_url: str | None = None, client: Client | None = None, progress: bool = True) -> Job:
+           callback_url: str | None = None, language: str | None = None, client: Client | None = None,
+           progress: bool = True) -> Job:
     """Start a job for a local file, a ``gs://`` URI or an http(s) URL; return its handle at once.
 
     Raises:
@@ -285,7 +288,7 @@ def submit(source: str | os.PathLike[str], *, method: str | None = None, deadlin
     """
     client = client or connect()
     text = os.fspath(source)
-    options = _options(method, deadline_minutes, callback_url)
+    options = _options(method, deadline_minutes, callback_url, language)
     if text.startswith(("http://", "https://")):
         accepted = client.request("POST", "/v1/jobs", json={"url": text, **options}).json()
         return Job(client, accepted["job_id"])
@@ -306,23 +309,25 @@ def submit(source: str | os.PathLike[str], *, method: str | None = None, deadlin
 @overload
 def transcribe(source: str | os.PathLike[str], *, method: str | None = ..., deadline_minutes: float | None = ...,
                wait: Literal[True] = ..., timeout: float | None = ..., callback_url: str | None = ...,
-               client: Client | None = ...) -> Transcript: ...
+               language: str | None = ..., client: Client | None = ...) -> Transcript: ...
 
 
 @overload
 def transcribe(source: str | os.PathLike[str], *, method: str | None = ..., deadline_minutes: float | None = ...,
                wait: Literal[False], timeout: float | None = ..., callback_url: str | None = ...,
-               client: Client | None = ...) -> Job: ...
+               language: str | None = ..., client: Client | None = ...) -> Job: ...
 
 
 def transcribe(source: str | os.PathLike[str], *, method: str | None = None, deadline_minutes: float | None = None,
                wait: bool = True, timeout: float | None = None, callback_url: str | None = None,
-               client: Client | None = None) -> Transcript | Job:
+               language: str | None = None, client: Client | None = None) -> Transcript | Job:
     """Transcribe a local file, a ``gs://`` URI or an http(s) URL.
 
     Args:
         method: auto (default: the planner chooses per chunk), gpu, deepgram or hybrid.
         deadline_minutes: the job should finish within this; the planner routes to meet it.
+        language: the spoken language (``en`` by default; ``es``, ``pt-BR``, ``multi``...). The GPU path
+            transcribes English only, so another language goes to Deepgram.
         wait: False returns the :class:`Job` at once instead of its transcript.
         timeout: seconds to wait; None waits as long as the job takes.
 
@@ -330,7 +335,8 @@ def transcribe(source: str | os.PathLike[str], *, method: str | None = None, dea
         JobFailedError: the job failed (the reason says why: a bad file, a URL that is not media...).
         TimeoutError: ``timeout`` passed first; the job carries on.
     """
-    job = submit(source, method=method, deadline_minutes=deadline_minutes, callback_url=callback_url, client=client)
+    job = submit(source, method=method, deadline_minutes=deadline_minutes, callback_url=callback_url,
+                 language=language, client=client)
     if not wait:
         return job
     status = job.wait(timeout=timeout)

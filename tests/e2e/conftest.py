@@ -59,10 +59,13 @@ class Stack:
             timeout=timeout, check=False,
         )
 
-    def submit(self, *files: Path, method: str | None = None, timeout: float = 600) -> list[dict[str, object]]:
+    def submit(self, *files: Path, method: str | None = None, timeout: float = 600,
+               language: str | None = None) -> list[dict[str, object]]:
         args = ["submit", "--wait", "--json", "--timeout", str(timeout - 30)]
         if method:
             args += ["--method", method]
+        if language:
+            args += ["--language", language]
         proc = self.cli(*args, *map(str, files), timeout=timeout)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         assert len(lines) == len(files), f"submit printed {proc.stdout!r}; stderr: {proc.stderr[-3000:]}"

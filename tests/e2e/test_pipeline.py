@@ -162,6 +162,14 @@ def test_deepgram_and_hybrid_methods(stack: Stack, paragraph_wav: Path, method: 
         assert len(engines) == 2, f"hybrid used only {engines}"
 
 
+def test_a_spanish_upload_goes_to_deepgram_in_spanish(stack: Stack, tmp_path: Path) -> None:
+    """``--language es``: the GPU (Parakeet, English only) is never asked; the whole job goes to Deepgram."""
+    clip = speak("Buenos días. Esta grabación está en español.", tmp_path / "charla.wav", voice="es")
+    [record] = stack.submit(clip, language="es", timeout=300)
+    assert record["status"] == "done", f"{record}\n{stack.logs('router')}"
+    assert record["engines"] == ["deepgram"] and record["language"] == "es"
+
+
 def test_webhook_arrives_signed(stack: Stack) -> None:
     deliveries = stack.webhooks()
     assert deliveries, "no webhook reached the local receiver"

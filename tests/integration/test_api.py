@@ -27,7 +27,14 @@ from parascribe.gcp.pubsub import PubSubPublisher
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
 from parascribe.local.emulators import Emulators
-from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL
+from parascribe.names import (
+    META_CALLBACK_URL,
+    META_DEADLINE,
+    META_LANGUAGE,
+    META_METHOD,
+    META_REQUEST_ID,
+    META_SOURCE_URL,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +98,7 @@ def test_auth_none_wrong_and_right(api: Api) -> None:
 def test_transcribe_records_the_request_and_publishes_an_ingest_request(api: Api) -> None:
     resp = api.client.post("/transcribe", headers=AUTH, json={
         "video_url": "https://www.youtube.com/watch?v=abc", "method": "deepgram", "deadline_minutes": 15,
-        "callback_url": "https://example.convex.site/hook"})
+        "language": "es", "callback_url": "https://example.convex.site/hook"})
     assert resp.status_code == 202, resp.text
     out = resp.json()
     rid = out["job_id"]
@@ -100,6 +107,7 @@ def test_transcribe_records_the_request_and_publishes_an_ingest_request(api: Api
     [message] = api.pull()
     assert (message.request_id, message.url, message.method, message.deadline_minutes, message.callback_url) == (
         rid, "https://www.youtube.com/watch?v=abc", "deepgram", 15, "https://example.convex.site/hook")
+    assert message.language == "es" and _record(api, rid).language == "es"
     record = _record(api, rid)
     assert (record.state, record.url, record.method, record.callback_url) == (
         "accepted", message.url, "deepgram", "https://example.convex.site/hook")
@@ -131,6 +139,8 @@ def test_body_errors_are_one_readable_detail(api: Api) -> None:
     assert bad.status_code == 422 and bad.json()["detail"].startswith("method:")
     neg = api.client.post("/v1/jobs", headers=AUTH, json={"url": "https://a.example/x", "deadline_minutes": 0})
     assert neg.status_code == 422 and "deadline_minutes" in neg.json()["detail"]
+    tongue = api.client.post("/v1/jobs", headers=AUTH, json={"url": "https://a.example/x", "language": "Spanish!"})
+    assert tongue.status_code == 422 and "not a language tag such as en, es, pt-BR or multi" in tongue.json()["detail"]
 
 
 def test_gcs_uri_is_copied_with_metadata_and_reports_the_pipeline_job(api: Api, emulators: Emulators) -> None:
@@ -138,13 +148,13 @@ def test_gcs_uri_is_copied_with_metadata_and_reports_the_pipeline_job(api: Api, 
     api.store.write(source_bucket, "inbox/meeting.wav", b"RIFF....WAVE", content_type="audio/wav")
     resp = api.client.post("/v1/jobs", headers=AUTH, json={
         "gcs_uri": f"gs://{source_bucket}/inbox/meeting.wav", "method": "gpu", "deadline_minutes": 30,
-        "callback_url": "https://example.convex.site/hook"})
+        "language": "en-GB", "callback_url": "https://example.convex.site/hook"})
     assert resp.status_code == 202, resp.text
     rid = resp.json()["job_id"]
     name = f"api/{rid}/meeting.wav"
     info = api.store.info(api.settings.uploads_bucket, name)
     assert info is not None and info.size == 12 and info.content_type == "audio/wav"
-    assert info.metadata == {META_REQUEST_ID: rid, META_METHOD: "gpu", META_DEADLINE: "30",
+    assert info.metadata == {META_REQUEST_ID: rid, META_METHOD: "gpu", META_DEADLINE: "30", META_LANGUAGE: "en-GB",
                              META_CALLBACK_URL: "https://example.convex.site/hook",
                              META_SOURCE_URL: f"gs://{source_bucket}/inbox/meeting.wav"}
     job_id = make_job_id(api.settings.uploads_bucket, name, info.generation)
@@ -167,7 +177,8 @@ def test_missing_gcs_object_is_404_with_a_reason(api: Api) -> None:
 def test_upload_session_then_a_plain_put_creates_the_object_and_the_job(api: Api) -> None:
     audio = b"ID3" + bytes(range(256)) * 40
     resp = api.client.post("/v1/uploads", headers=AUTH, json={
-        "filename": "../../etc/podcast.mp3", "content_type": "audio/mpeg", "size": len(audio), "method": "hybrid"})
+        "filename": "../../etc/podcast.mp3", "content_type": "audio/mpeg", "size": len(audio), "method": "hybrid",
+        "language": "pt-BR"})
     assert resp.status_code == 201, resp.text
     out = resp.json()
     rid, name = out["job_id"], f"api/{out['job_id']}/podcast.mp3"
@@ -180,6 +191,7 @@ def test_upload_session_then_a_plain_put_creates_the_object_and_the_job(api: Api
     info = api.store.info(api.settings.uploads_bucket, name)
     assert info is not None and info.size == len(audio)
     assert info.metadata[META_REQUEST_ID] == rid and info.metadata[META_METHOD] == "hybrid"
+    assert info.metadata[META_LANGUAGE] == "pt-BR"
 
     job_id = make_job_id(api.settings.uploads_bucket, name, info.generation)
     after = api.client.get(f"/v1/jobs/{rid}", headers=AUTH).json()

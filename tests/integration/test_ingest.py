@@ -141,7 +141,7 @@ def test_direct_mp4_keeps_the_aac_track_as_it_is(ingestor: Ingestor, store: GcsS
     store.write(settings.state_bucket, record_name(rid),
                 ApiRequest(request_id=rid, url=f"{server}/talk.mp4").to_bytes(), if_generation_match=0)
     req = IngestRequest(request_id=rid, url=f"{server}/talk.mp4", method="deepgram", deadline_minutes=30,
-                        callback_url="https://example.com/hook")
+                        language="es", callback_url="https://example.com/hook")
     outcome = ingestor.handle(Message(data=req.to_bytes()))
     assert outcome is not None
     data = assert_submitted(store, settings, req, outcome, media)
@@ -155,7 +155,7 @@ def test_direct_mp4_keeps_the_aac_track_as_it_is(ingestor: Ingestor, store: GcsS
     meta = store.info(settings.uploads_bucket, outcome.upload.name)
     assert meta is not None and meta.content_type == "audio/mp4"
     assert meta.metadata[META_METHOD] == "deepgram" and meta.metadata[META_CALLBACK_URL] == "https://example.com/hook"
-    assert meta.metadata["parascribe-deadline-minutes"] == "30"
+    assert meta.metadata["parascribe-deadline-minutes"] == "30" and meta.metadata["parascribe-language"] == "es"
     # A redelivery does nothing more: one request, one upload, one job.
     again = ingestor.handle(Message(data=req.to_bytes()))
     assert again is not None and again.record.job_id == record(store, settings, rid).job_id

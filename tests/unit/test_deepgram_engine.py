@@ -85,6 +85,16 @@ def test_speech_becomes_punctuated_file_time_words(server: RunningServer, speech
     assert sent["model"] == "nova-3" and sent["smart_format"] == "true" and sent["language"] == "en"
 
 
+def test_a_jobs_language_is_sent_in_place_of_the_default(server: RunningServer, speech: bytes) -> None:
+    transcriber = DeepgramTranscriber(options_for(server))
+    transcriber.transcribe_bytes(speech, language="es")
+    sent = stats(server)["last_params"]
+    assert isinstance(sent, dict) and sent["language"] == "es" and sent["model"] == "nova-3"
+    transcriber.transcribe_bytes(speech)
+    sent = stats(server)["last_params"]
+    assert isinstance(sent, dict) and sent["language"] == "en", "no language: DEEPGRAM_LANGUAGE"
+
+
 def test_diarized_words_carry_speakers(server: RunningServer, speech: bytes) -> None:
     result = DeepgramTranscriber(options_for(server, deepgram_diarize=True)).transcribe_bytes(speech)
     assert result.words and all(w.speaker == 0 for w in result.words)

@@ -287,10 +287,10 @@ class SlowTranscriber:
             self.active -= 1
         return DeepgramTranscript(billed_seconds=1.0)
 
-    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         return self._work()
 
-    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_url(self, url: str, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         return self._work()
 
 
@@ -409,13 +409,16 @@ class RecordingTranscriber:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.urls: list[str] = []
+        self.languages: list[str | None] = []
 
-    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         self.sent.append(data)
+        self.languages.append(language)
         return DeepgramTranscript(billed_seconds=duration_of(data))
 
-    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_url(self, url: str, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         self.urls.append(url)
+        self.languages.append(language)
         return DeepgramTranscript(billed_seconds=1.0)
 
 
@@ -546,3 +549,17 @@ def test_a_held_source_survives_another_threads_fetch(tmp_path: Path) -> None:
     assert cache.raced and only_result(publisher).error is None
     assert duration_of(transcriber.sent[0]) == pytest.approx(2.0, abs=1e-3)
     assert cache.total_bytes < racer.size + other.size  # once released, the cache is back under its limit
+
+
+def test_the_tasks_language_goes_with_the_request(tmp_path: Path) -> None:
+    store = MemoryStore()
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(6 * 16_000, dtype=np.float32), 16_000, format="WAV", subtype="PCM_16")
+    source = put_source(store, "charla.wav", buf.getvalue())
+    info = AudioInfo(duration_s=6.0, sample_rate=16_000, channels=1, codec="pcm_s16le", container="wav")
+    worker, publisher, transcriber = fake_worker(tmp_path, store)
+    spanish = span_task(source, info, 0.0, 3.0, 0, 2).model_copy(update={"language": "es"})
+    worker.handle(Message(data=spanish.to_bytes()))
+    worker.handle(Message(data=span_task(source, info, 3.0, 6.0, 1, 2).to_bytes()))
+    assert transcriber.languages == ["es", None], "None: the worker's DEEPGRAM_LANGUAGE"
+    assert all(isinstance(m, ChunkResult) and m.error is None for _, m, _ in publisher.messages)

@@ -205,7 +205,7 @@ def _checked(url: str, deps: Deps, what: str) -> str:
 def _record(deps: Deps, body: JobOptions, **fields: Any) -> ApiRequest:
     callback = _checked(body.callback_url, deps, "callback_url") if body.callback_url else None
     record = ApiRequest(request_id=new_request_id(), method=body.method, deadline_minutes=body.deadline_minutes,
-                        callback_url=callback, **fields)
+                        language=body.language, callback_url=callback, **fields)
     if not deps.requests.create(record):
         raise TransientError(f"request id {record.request_id} was taken")
     return record
@@ -222,7 +222,8 @@ def _ingest(deps: Deps, request: Request, url: str, body: JobOptions) -> Accepte
     url = _checked(url, deps, "url")
     record = _record(deps, body, url=url)
     message = IngestRequest(request_id=record.request_id, url=url, method=body.method,
-                            deadline_minutes=body.deadline_minutes, callback_url=record.callback_url)
+                            deadline_minutes=body.deadline_minutes, language=body.language,
+                            callback_url=record.callback_url)
     try:
         deps.publisher.publish(names.TOPIC_INGEST_REQUESTS, message, {"request_id": record.request_id})
     except Exception as err:
@@ -243,7 +244,7 @@ def _copy(deps: Deps, request: Request, gcs_uri: str, body: JobOptions) -> Accep
     record = _record(deps, body, gcs_uri=gcs_uri)
     dest = upload_prefix(record.request_id) + filename
     options = UploadOptions(record.request_id, body.method, body.deadline_minutes, record.callback_url,
-                            source_url=gcs_uri)
+                            source_url=gcs_uri, language=body.language)
     try:
         generation = deps.uploads.copy_in(bucket, name, source.generation, dest, source.content_type, options)
     except ApiError as err:
@@ -268,7 +269,8 @@ def _upload(deps: Deps, request: Request, body: UploadBody) -> UploadSession:
     record = _record(deps, body)
     dest = upload_prefix(record.request_id) + filename
     uri = f"gs://{deps.uploads.bucket}/{dest}"
-    options = UploadOptions(record.request_id, body.method, body.deadline_minutes, record.callback_url)
+    options = UploadOptions(record.request_id, body.method, body.deadline_minutes, record.callback_url,
+                            language=body.language)
     url = deps.uploads.session(dest, body.content_type, body.size, options, origin=body.origin)
 
     def pending(current: ApiRequest) -> ApiRequest:

@@ -56,6 +56,7 @@ def plan_view(jobs: JobStore, status: JobStatus | None, job_id: str | None) -> d
         "state": status.state if status else None,
         "method": manifest.method if manifest else None,
         "deadline_minutes": manifest.deadline_minutes if manifest else None,
+        "language": manifest.language if manifest else None,
         "duration_s": manifest.audio.duration_s if manifest else None,
         "estimated_cost_usd": manifest.estimated_cost_usd if manifest else None,
         "estimated_deepgram_only_usd": manifest.estimated_deepgram_only_usd if manifest else None,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from parascribe.contracts import Method
+from parascribe.languages import parse_language
 
 TRANSCRIPT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt", "words.csv", "segments.csv")
 """The merger's output formats (``parascribe.merger.formats.FORMATS``), by the names ``outputs`` uses."""
@@ -19,8 +20,16 @@ class JobOptions(BaseModel):
 
     method: Method | None = Field(None, description="auto | gpu | deepgram | hybrid")
     deadline_minutes: float | None = Field(None, gt=0, description="finish within this many minutes")
+    language: str | None = Field(None, max_length=35, examples=["en", "es", "pt-BR", "multi"],
+                                 description="the spoken language (default en); the GPU path transcribes English "
+                                             "only, so any other language goes to Deepgram")
     callback_url: str | None = Field(None, max_length=2048,
                                      description="POSTed a signed webhook when the job ends (Standard Webhooks)")
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else parse_language(value)
 
 
 class TranscribeBody(JobOptions):

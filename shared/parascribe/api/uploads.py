@@ -18,7 +18,15 @@ from parascribe import names
 from parascribe.api.errors import ApiError
 from parascribe.errors import TransientError
 from parascribe.gcp.storage import ObjectInfo
-from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
+from parascribe.names import (
+    META_CALLBACK_URL,
+    META_DEADLINE,
+    META_LANGUAGE,
+    META_METHOD,
+    META_REQUEST_ID,
+    META_SOURCE_URL,
+    META_TITLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +74,7 @@ class UploadOptions:
     callback_url: str | None = None
     source_url: str | None = None
     title: str | None = None
+    language: str | None = None
 
     def metadata(self) -> dict[str, str]:
         meta = {META_REQUEST_ID: self.request_id}
@@ -73,6 +82,8 @@ class UploadOptions:
             meta[META_METHOD] = self.method
         if self.deadline_minutes is not None:
             meta[META_DEADLINE] = f"{self.deadline_minutes:g}"
+        if self.language:
+            meta[META_LANGUAGE] = self.language
         if self.callback_url:
             meta[META_CALLBACK_URL] = self.callback_url
         if self.source_url:

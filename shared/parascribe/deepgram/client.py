@@ -236,12 +236,12 @@ class DeepgramTranscriber:
     def endpoint(self) -> str:
         return self._endpoint
 
-    def options(self) -> dict[str, Any]:
-        """The request options sent with every call, from :class:`DeepgramOptions`."""
+    def options(self, language: str | None = None) -> dict[str, Any]:
+        """The request options sent with every call, from :class:`DeepgramOptions`; ``language`` is the job's own."""
         o = self._options
         return {
             "model": o.model,
-            "language": o.language,
+            "language": language or o.language,
             "smart_format": o.smart_format,
             "punctuate": True,
             "utterances": o.utterances,
@@ -249,12 +249,13 @@ class DeepgramTranscriber:
             "diarize": o.diarize,
         }
 
-    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         """Transcribe an encoded audio file (any container Deepgram reads).
 
         Args:
             data: the encoded audio (FLAC, WAV, MP3, ...).
             offset_s: file time of the audio's first sample; added to every word.
+            language: the job's language tag; None sends ``DEEPGRAM_LANGUAGE``.
 
         Raises:
             PermanentError: Deepgram cannot transcribe this audio.
@@ -265,10 +266,10 @@ class DeepgramTranscriber:
             raise PermanentError("no audio to send to Deepgram (0 bytes)")
         media = self._client.listen.v1.media
         return self._call(
-            lambda: media.transcribe_file(request=data, **self.options()), f"{len(data)} bytes", offset_s
+            lambda: media.transcribe_file(request=data, **self.options(language)), f"{len(data)} bytes", offset_s
         )
 
-    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript:
+    def transcribe_url(self, url: str, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript:
         """Have Deepgram fetch and transcribe ``url`` (a signed URL: no audio passes through us).
 
         Raises:
@@ -278,7 +279,7 @@ class DeepgramTranscriber:
         """
         media = self._client.listen.v1.media
         what = "url " + url.split("?", 1)[0]
-        return self._call(lambda: media.transcribe_url(url=url, **self.options()), what, offset_s)
+        return self._call(lambda: media.transcribe_url(url=url, **self.options(language)), what, offset_s)
 
     def _call(self, send: Callable[[], Any], what: str, offset_s: float) -> DeepgramTranscript:
         started = time.monotonic()

@@ -73,9 +73,10 @@ Signer = Callable[[SourceRef, timedelta], str]
 
 
 class Transcriber(Protocol):
-    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0) -> DeepgramTranscript: ...
+    def transcribe_bytes(self, data: bytes, offset_s: float = 0.0,
+                         language: str | None = None) -> DeepgramTranscript: ...
 
-    def transcribe_url(self, url: str, offset_s: float = 0.0) -> DeepgramTranscript: ...
+    def transcribe_url(self, url: str, offset_s: float = 0.0, language: str | None = None) -> DeepgramTranscript: ...
 
 
 class SourceFiles(Protocol):
@@ -176,10 +177,10 @@ class DeepgramWorker:
         if task.whole_file and self._size_fits_header(task):
             url = self.signed_url(task.source)
             with self._slot():
-                return self._transcriber.transcribe_url(url, offset_s=0.0), 0
+                return self._transcriber.transcribe_url(url, offset_s=0.0, language=task.language), 0
         data, corrupt = self._cut(task)
         with self._slot():
-            return self._transcriber.transcribe_bytes(data, offset_s=task.chunk.start_s), corrupt
+            return self._transcriber.transcribe_bytes(data, offset_s=task.chunk.start_s, language=task.language), corrupt
 
     @staticmethod
     def _size_fits_header(task: ChunkTask) -> bool:

@@ -31,7 +31,15 @@ from parascribe.ingest.httpio import Budget, HttpReader, SegmentReader
 from parascribe.ingest.remux import Extracted, extract_audio, too_long
 from parascribe.ingest.resolve import Resolved, Resolver
 from parascribe.ingest.uploader import Uploader
-from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
+from parascribe.names import (
+    META_CALLBACK_URL,
+    META_DEADLINE,
+    META_LANGUAGE,
+    META_METHOD,
+    META_REQUEST_ID,
+    META_SOURCE_URL,
+    META_TITLE,
+)
 from parascribe.netguard import GuardedHttp
 from parascribe.requests_store import FINAL_STATES, RequestStore, request_id_of, seed_of
 
@@ -164,6 +172,8 @@ class Ingestor:
             metadata[META_METHOD] = request.method
         if request.deadline_minutes is not None:
             metadata[META_DEADLINE] = f"{request.deadline_minutes:g}"
+        if request.language is not None:
+            metadata[META_LANGUAGE] = request.language
         if request.callback_url is not None:
             metadata[META_CALLBACK_URL] = request.callback_url
         return metadata

@@ -123,6 +123,7 @@ def to_json(transcript: Transcript, job_id: str, source: SourceRef | None, summa
             "corrupt_packets": summary.corrupt_packets,
             "speech_seconds": summary.speech_s,
             "skipped_seconds": summary.skipped_s,
+            "language": summary.language,
         },
     }
     if summary.skipped_s > 0 and summary.speech_s == 0:

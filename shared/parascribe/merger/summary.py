@@ -59,4 +59,5 @@ def summarise(
         corrupt_packets=sum(r.corrupt_packets for r in results),
         speech_s=round(sum(r.audio_seconds if r.speech_s is None else r.speech_s for r in done), 3),
         skipped_s=round(sum(r.skipped_s for r in done), 3),
+        language=manifest.language if manifest else None,
     )

@@ -23,7 +23,16 @@ from parascribe.contracts import Method, Origin, SourceRef, UploadEvent
 from parascribe.contracts_api import is_request_id
 from parascribe.errors import MalformedMessageError
 from parascribe.gcp.pubsub import Message
-from parascribe.names import META_CALLBACK_URL, META_DEADLINE, META_METHOD, META_REQUEST_ID, META_SOURCE_URL, META_TITLE
+from parascribe.languages import parse_language
+from parascribe.names import (
+    META_CALLBACK_URL,
+    META_DEADLINE,
+    META_LANGUAGE,
+    META_METHOD,
+    META_REQUEST_ID,
+    META_SOURCE_URL,
+    META_TITLE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +126,14 @@ def _upload(resource: dict[str, Any], attributes: dict[str, str], ce_time: Any) 
     metadata = resource.get("metadata") or {}
     metadata = metadata if isinstance(metadata, dict) else {}
     method, deadline, problems = _requested(metadata)
+    language = _language(metadata, problems)
     origin = _origin(metadata, problems)
     return UploadEvent(
         source=source,
         event_time=_time(resource.get("timeCreated") or ce_time),
         method=method,
         deadline_minutes=deadline,
+        language=language,
         metadata_error="; ".join(problems) or None,
         origin=origin,
     )
@@ -148,6 +159,18 @@ def _origin(metadata: dict[str, Any], problems: list[str]) -> Origin:
         request_id = None
     return Origin(request_id=request_id, source_url=text(META_SOURCE_URL), title=text(META_TITLE, limit=300),
                   callback_url=callback)
+
+
+def _language(metadata: dict[str, Any], problems: list[str]) -> str | None:
+    """The spoken language the upload names (``parascribe-language``); None when it names none."""
+    raw = metadata.get(META_LANGUAGE)
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return parse_language(raw)
+    except ValueError as err:
+        problems.append(f"{META_LANGUAGE}: {err}")
+        return None
 
 
 def _requested(metadata: dict[str, Any]) -> tuple[Method | None, float | None, list[str]]:

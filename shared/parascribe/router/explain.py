@@ -60,6 +60,7 @@ def plan_report(
     backlog_seconds: float | None = None,
     method: Method | None = None,
     spent_usd: float | None = None,
+    language: str | None = None,
 ) -> dict[str, Any]:
     """The plan for a file or a duration, as the JSON ``parascribe plan --json`` prints.
 
@@ -95,7 +96,7 @@ def plan_report(
                          "parascribe plan does not read the ledger" if unknown else None)
     deadline_s = (deadline_minutes or settings.default_deadline_minutes) * 60.0
     plan, why = plan_job(duration_s, options, method or settings.transcription_method, deadline_s, capacity, budget,
-                         size_bytes=size, audio=audio)
+                         size_bytes=size, audio=audio, language=language)
     doc: dict[str, Any] = {"file": str(file) if file else None, **why.model_dump(mode="json")}
     doc["chunks"] = [c.model_dump(mode="json", exclude={"schema_version"}) for c in plan.chunks]
     return doc
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     """``parascribe plan``: print the plan; 2 with the reason when it cannot be made."""
     try:
         doc = plan_report(load_settings(), Path(args.file) if args.file else None, args.duration,
-                          args.deadline_minutes, args.backlog_seconds, args.method, getattr(args, "spent_usd", None))
+                          args.deadline_minutes, args.backlog_seconds, args.method, getattr(args, "spent_usd", None),
+                          getattr(args, "language", None))
     except (ValueError, PermanentError) as err:
         print(f"parascribe: {getattr(err, 'reason', err)}", file=sys.stderr)
         return 2

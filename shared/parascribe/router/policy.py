@@ -13,7 +13,10 @@
    method that names one path (``gpu``, ``deepgram``) always wins, as the issue asks
    of ``TRANSCRIPTION_METHOD`` and the upload's method: ``gpu_only`` does not move a
    ``deepgram`` job, and the plan says that the budget is exhausted.
-3. Explain: a :class:`~parascribe.plan_contract.PlanExplanation` with one line for a
+3. Language: a job whose language the GPU cannot transcribe (:mod:`parascribe.languages`; Parakeet is
+   English only) is planned as ``deepgram``; one that asks for ``gpu`` fails with a reason, and so does an
+   ``auto`` or ``hybrid`` one when the budget is spent under ``gpu_only`` (it has no cheap path).
+4. Explain: a :class:`~parascribe.plan_contract.PlanExplanation` with one line for a
    person and the numbers behind it, stored in the manifest and logged.
 """
 
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from parascribe.budget import budget_state, month_of
 from parascribe.contracts import AudioInfo, Method
 from parascribe.errors import PermanentError
+from parascribe.languages import GPU_LANGUAGES, gpu_transcribes
 from parascribe.plan_contract import BudgetState, PlanExplanation, SpillReason
 from parascribe.router.capacity import Capacity
 from parascribe.router.planner import Plan, PlannerOptions, default_capacity, make_plan
@@ -57,33 +61,46 @@ def plan_job(
     budget: BudgetInput | None = None,
     size_bytes: int | None = None,
     audio: AudioInfo | None = None,
+    language: str | None = None,
 ) -> tuple[Plan, PlanExplanation]:
     """Plan one job against the GPU's backlog and the budget (see the module docstring).
 
     Raises:
-        BudgetExhaustedError: the budget is spent and the policy is ``reject``.
-        PermanentError: the method cannot be honoured with these settings.
+        BudgetExhaustedError: the budget is spent and the policy is ``reject`` (or the job has no cheap path).
+        PermanentError: the method cannot be honoured with these settings or in this language.
     """
     cap = capacity or default_capacity(options)
     budget = budget or BudgetInput(month=month_of())
-    plan = make_plan(duration_s, options, requested, deadline_s, size_bytes, audio, cap)
+    gpu_ok = gpu_transcribes(language)
+    if not gpu_ok and requested == "gpu":
+        raise PermanentError(f"the job's method is gpu (parascribe-method or TRANSCRIPTION_METHOD) but its language "
+                             f"is {language!r}, and the GPU path transcribes {GPU_LANGUAGES}; re-upload with "
+                             "method auto or deepgram")
+    plan = make_plan(duration_s, options, requested if gpu_ok else "deepgram", deadline_s, size_bytes, audio, cap)
     state = budget_state(budget.spent_usd, budget.budget_usd, budget.policy, budget.month or month_of(),
                          plan.estimated_cost_usd, budget.note)
     forced = False
+    if state.exhausted and budget.policy == "gpu_only" and not gpu_ok and requested in PLANNER_CHOOSES:
+        raise BudgetExhaustedError(_rejection(state, plan, gpu_off=False, language=language))
     if state.exhausted and budget.policy != "allow":
         if budget.policy == "reject" or not options.enable_gpu_transcription:
             raise BudgetExhaustedError(_rejection(state, plan, gpu_off=budget.policy != "reject"))
         if plan.method in PLANNER_CHOOSES and any(c.path == "deepgram" for c in plan.chunks):
             plan = make_plan(duration_s, options, "gpu", deadline_s, size_bytes, audio, cap)
             forced = True
-    spill = _spill_reason(plan, options, requested, deadline_s, cap, size_bytes, audio)
-    return plan, explain(plan, requested, duration_s, deadline_s, cap, state, spill, forced)
+    spill: SpillReason = "language" if not gpu_ok else \
+        _spill_reason(plan, options, requested, deadline_s, cap, size_bytes, audio)
+    return plan, explain(plan, requested, duration_s, deadline_s, cap, state, spill, forced, language)
 
 
-def _rejection(state: BudgetState, plan: Plan, gpu_off: bool) -> str:
+def _rejection(state: BudgetState, plan: Plan, gpu_off: bool, language: str | None = None) -> str:
     spent, budget = state.spent_usd or 0.0, state.budget_usd or 0.0
     why = (f"the monthly budget is spent: ${spent:.2f} of MONTHLY_BUDGET_USD=${budget:.2f} in {state.month}, "
            f"and this job would add ${plan.estimated_cost_usd:.2f}")
+    if language is not None:
+        return (f"{why}; in language {language!r} it can only go to Deepgram (the GPU transcribes "
+                f"{GPU_LANGUAGES}), and BUDGET_EXHAUSTED_POLICY=gpu_only spends no more there: raise "
+                "MONTHLY_BUDGET_USD, re-upload with method deepgram to spend anyway, or re-upload next month")
     if gpu_off:
         return (f"{why}; BUDGET_EXHAUSTED_POLICY=gpu_only needs the GPU but ENABLE_GPU_TRANSCRIPTION=false: "
                 "enable the GPU, raise MONTHLY_BUDGET_USD, or re-upload next month")
@@ -118,7 +135,8 @@ def _span(seconds: float) -> str:
 
 
 def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float, cap: Capacity,
-            budget: BudgetState, spill: SpillReason, forced_gpu: bool = False) -> PlanExplanation:
+            budget: BudgetState, spill: SpillReason, forced_gpu: bool = False,
+            language: str | None = None) -> PlanExplanation:
     """The explanation of ``plan``: one line and the numbers behind it."""
     gpu = sum(c.path == "gpu" for c in plan.chunks)
     deepgram = len(plan.chunks) - gpu
@@ -139,6 +157,7 @@ def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float,
         "deadline": " (the GPU alone cannot meet the deadline)",
         "method": f" (method {plan.method})",
         "gpu_disabled": " (ENABLE_GPU_TRANSCRIPTION=false)",
+        "language": f" (language {language}: the GPU transcribes English only)",
     }.get(spill, "")
     parts.append(where + why)
     parts.append(f"done in ~{_span(plan.estimated_finish_s)} against a {_span(deadline_s)} deadline"
@@ -153,6 +172,7 @@ def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float,
         summary="; ".join(parts),
         requested_method=requested,
         method=plan.method,
+        language=language,
         duration_s=round(duration_s, 3),
         deadline_s=round(deadline_s, 3),
         chunk_count=len(plan.chunks),

@@ -152,7 +152,8 @@ class Router:
         requested: Method = upload.method or s.transcription_method
         deadline_minutes = upload.deadline_minutes or s.default_deadline_minutes
         plan, why = plan_job(audio.duration_s, self._planner, requested, deadline_minutes * 60.0,
-                             self._capacity.capacity(), self._budget(), size_bytes=source.size, audio=audio)
+                             self._capacity.capacity(), self._budget(), size_bytes=source.size, audio=audio,
+                             language=upload.language)
         log.info("planned %s: %s | %s", source.uri, why.summary, why.model_dump_json(exclude={"summary"}),
                  extra={"job_id": job_id})
         return JobManifest(
@@ -161,6 +162,7 @@ class Router:
             audio=audio,
             method=plan.method,
             deadline_minutes=deadline_minutes,
+            language=upload.language,
             chunks=plan.chunks,
             estimated_cost_usd=plan.estimated_cost_usd,
             estimated_deepgram_only_usd=plan.estimated_deepgram_only_usd,
@@ -193,6 +195,7 @@ class Router:
         source = upload.source
         record = ApiRequest(request_id="r" + job_id[1:], state="submitted", job_id=job_id, gcs_uri=source.uri,
                             title=source.name, method=upload.method, deadline_minutes=upload.deadline_minutes,
+                            language=upload.language,
                             created_at=upload.event_time or utcnow())
         try:
             self._requests.create(record)
@@ -211,6 +214,7 @@ class Router:
                 n_chunks=manifest.n_chunks,
                 path=planned.path,
                 whole_file=whole,
+                language=manifest.language,
             )
             topic = names.TOPIC_ASR_GPU if planned.path == "gpu" else names.TOPIC_ASR_DEEPGRAM
             outgoing.append((topic, task, {"job_id": manifest.job_id}))

@@ -144,6 +144,7 @@
     if (p) {
       fact(facts, "Method", p.requested_method === p.method ? p.method : `${p.method} (asked: ${p.requested_method})`);
       fact(facts, "Deadline", PS.fmtDuration(p.deadline_s));
+      fact(facts, "Language", p.language || null);
       fact(facts, "Estimated finish", PS.fmtDuration(p.finish_s) + (p.meets_deadline ? "" : " (misses the deadline)"));
       fact(facts, "Chunks", `${p.chunk_count} (${p.gpu_chunks} GPU, ${p.deepgram_chunks} Deepgram)`);
       fact(facts, "Why Deepgram", p.spill_reason === "none" ? null : p.spill_reason);
