@@ -58,6 +58,7 @@ locals {
     # The dead-letter handler falls back once: a GPU task goes to Deepgram (never the other way).
     { service = "merger", topic = "asr_deepgram" },
     { service = "api", topic = "ingest_requests" }, # URLs for the ingest worker
+    { service = "api", topic = "asr_results" },     # JobFailed for a job cancelled through the API
   ]
 
   project_roles = ["roles/logging.logWriter", "roles/monitoring.metricWriter"]

@@ -3,11 +3,12 @@
 The forms below are a public interface; keep them stable:
 
     parascribe up [--detach]            parascribe down
-    parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N]
-    parascribe status [JOB_ID] [--json]
+    parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N] [--language L]
+    parascribe status [JOB_ID] [--json]  parascribe cancel ID [--json]
     parascribe metrics                  parascribe webhook redeliver JOB_ID
     parascribe console [--no-open]
-    parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M] [--json]
+    parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M]
+                    [--language L] [--json]
     parascribe costs [--since 30d] [--json]
     parascribe deepgram-server          parascribe names --json
 
@@ -210,6 +211,15 @@ def cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``parascribe cancel ID``: through the API (the local stack's, or PARASCRIBE_API_URL)."""
+    from parascribe import sdk
+
+    answer = sdk.Job(sdk.connect(), args.job_id).cancel()
+    print(json.dumps(answer) if args.json else f"{args.job_id}: cancel requested; {answer.get('note')}")
+    return 0
+
+
 def cmd_webhook(args: argparse.Namespace) -> int:
     from parascribe.merger.webhook import WebhookOptions, redeliver
 
@@ -301,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--limit", type=int, default=20)
     st.set_defaults(fn=cmd_status)
+
+    ca = sub.add_parser("cancel", help="cancel a job that has not ended (request id or job id)")
+    ca.add_argument("job_id")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(fn=cmd_cancel)
 
     sub.add_parser("metrics", help="summarise the local stack's metrics").set_defaults(fn=cmd_metrics)
 

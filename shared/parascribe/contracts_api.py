@@ -58,5 +58,7 @@ class ApiRequest(Contract):
     deadline_minutes: float | None = None
     language: str | None = None
     callback_url: str | None = None
+    cancelled_at: datetime | None = None
+    """Set by ``POST /v1/jobs/{id}/cancel``: the router fails the job, whenever its upload lands."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

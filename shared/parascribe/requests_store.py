@@ -40,6 +40,7 @@ from parascribe.gcp.storage import BlobStore
 RECORD_PREFIX = "requests/"
 INDEX_PREFIX = "requests-recent/"
 FINAL_STATES = ("submitted", "failed")
+CANCELLED_REASON = "cancelled at the user's request (POST /v1/jobs/{id}/cancel)"
 _INVERT_US = 9_999_999_999_999_999
 _CURSOR = re.compile(r"\d{16}-r[0-9a-f]{20}")
 _CAS_ATTEMPTS = 20
@@ -79,8 +80,8 @@ def request_id_of(data: bytes) -> str | None:
 def seed_of(request: IngestRequest) -> ApiRequest:
     """The record to create for an ingest request whose record is missing (the API's write has not landed)."""
     return ApiRequest(request_id=request.request_id, state="accepted", url=request.url, method=request.method,
-                      deadline_minutes=request.deadline_minutes, callback_url=request.callback_url,
-                      created_at=request.submitted_at)
+                      deadline_minutes=request.deadline_minutes, language=request.language,
+                      callback_url=request.callback_url, created_at=request.submitted_at)
 
 
 def _takes_back(current: ApiRequest, new: ApiRequest) -> bool:
@@ -234,6 +235,25 @@ class RequestStore:
             return current.model_copy(update={"state": "failed", "reason": reason})
 
         return self.update(request_id, failed, seed=seed)
+
+    def cancel(self, request_id: str) -> ApiRequest | None:
+        """Mark the request cancelled: ``failed`` with :data:`CANCELLED_REASON` while no upload exists yet.
+
+        A record that already names its job keeps its state (the job's status is the truth): the mark
+        alone tells the router to fail that job. A ``failed`` record keeps its first reason.
+
+        Returns:
+            The record as stored, or None when there is none.
+        """
+        def cancelled(current: ApiRequest) -> ApiRequest | None:
+            if current.cancelled_at is not None:
+                return None
+            update: dict[str, object] = {"cancelled_at": utcnow()}
+            if current.state not in FINAL_STATES:
+                update |= {"state": "failed", "reason": CANCELLED_REASON}
+            return current.model_copy(update=update)
+
+        return self.update(request_id, cancelled)
 
     def recent(self, limit: int = 20, cursor: str | None = None) -> tuple[list[ApiRequest], str | None]:
         """A page of records, newest first, and the cursor of the next page (None on the last).

@@ -165,6 +165,14 @@ class Job:
         """What ``GET /v1/jobs/{id}`` answers: state, progress, reason, outputs, summary, webhook."""
         return dict(self.client.request("GET", f"/v1/jobs/{self.id}").json())
 
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the job if it has not ended: it ends ``failed`` (cancelled); untranscribed chunks are skipped.
+
+        Raises:
+            ApiError: 409 when it has already ended.
+        """
+        return dict(self.client.request("POST", f"/v1/jobs/{self.id}/cancel").json())
+
     def wait(self, timeout: float | None = None, poll_s: float = 1.0,
              on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Poll until the job is ``done`` or ``failed``; return its last status.

@@ -202,3 +202,25 @@ def test_jobs_are_listed_newest_first_and_the_schema_describes_every_endpoint(ht
     assert first["jobs"][0]["created_at"] >= first["jobs"][1]["created_at"] >= second["jobs"][0]["created_at"]
     paths = set(http.get("/openapi.json").json()["paths"])
     assert {"/transcribe", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/transcript", "/v1/uploads"} <= paths
+
+
+def test_a_job_cancelled_while_it_runs_ends_failed_once_with_the_reason(stack: Stack, http: httpx.Client,
+                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    monkeypatch.setenv("PARASCRIBE_HOME", str(stack.home))
+    monkeypatch.delenv("PARASCRIBE_API_URL", raising=False)
+    long = speak(" ".join([SPEECH] * 8), tmp_path / "long river.wav", rate=150)  # about 100 s: 20 s or more here
+    job = parascribe.submit(long, progress=False)
+    answer = job.cancel()
+    assert answer["cancelled"] is True and answer["request_id"] == job.id
+    status = wait_final(http, job.id, timeout_s=120)
+    assert status["state"] == "failed" and "cancelled at the user's request" in status["reason"], status
+    deadline = time.monotonic() + 30
+    while not webhooks_for(stack, status["job_id"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [delivery] = webhooks_for(stack, status["job_id"])
+    assert delivery["verified"] is True and delivery["status"] == "failed"
+    # Once ended, a cancel changes nothing: 409 from the API, a one-line error from the CLI.
+    assert http.post(f"/v1/jobs/{job.id}/cancel").status_code == 409
+    proc = stack.cli("cancel", job.id, timeout=60)
+    assert proc.returncode == 1 and "has already ended: failed" in proc.stderr and "Traceback" not in proc.stderr

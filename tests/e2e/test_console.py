@@ -228,3 +228,27 @@ def test_redeliver_asks_the_sweeper_to_send_the_webhook_again(tab: Page, site: d
     page.wait_for_selector("#redeliver-msg:has-text('Queued')")
     page.wait_for_selector('[data-delivery="webhook"]:has-text("webhook_failed")', timeout=10_000)
     assert "redelivery requested" in page.locator("#deliveries").inner_text()
+
+
+def test_a_running_job_is_cancelled_from_its_page_in_two_clicks(tab: Page, site: dict[str, Any],
+                                                                 tmp_path: Path) -> None:
+    wav = speak(" ".join([SPEECH] * 15), tmp_path / "long lighthouse.wav", rate=150)  # about 2 min (the cap: 3)
+    client = sdk.Client(site["api"], site["key"])
+    try:
+        job_id = sdk.submit(wav, client=client, progress=False).id
+    finally:
+        client.close()
+    page = tab.page
+    page.goto(site["url"])
+    page.wait_for_selector(f'tr[data-id="{job_id}"]')  # the key is read from the URL; then the job's page
+    page.evaluate(f"location.hash = '#/job/{job_id}'")
+    button = page.locator("#cancel-job")
+    button.wait_for(state="visible", timeout=30_000)
+    button.click()
+    assert button.inner_text() == "Confirm: cancel this job", "the first click only arms it"
+    button.click()
+    page.wait_for_selector("#cancel-msg:has-text('Cancel requested')", timeout=30_000)
+    page.wait_for_selector("#job-state:has-text('failed')", timeout=120_000)
+    assert "cancelled at the user's request" in page.locator("#job-reason").inner_text()
+    page.wait_for_selector("#cancel-job", state="hidden")
+    tab.shot("job-cancelled")

@@ -285,3 +285,26 @@ def _health(port: int) -> int:
         return int(err.code)
     except OSError:
         return 0
+
+
+def test_a_request_cancelled_while_its_audio_is_fetched_uploads_nothing(ingestor: Ingestor, store: GcsStore,
+                                                                         settings: Settings, server: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from parascribe.requests_store import CANCELLED_REASON
+
+    rid = request_id()
+    store.write(settings.state_bucket, record_name(rid),
+                ApiRequest(request_id=rid, url=f"{server}/talk.mp4").to_bytes(), if_generation_match=0)
+    real = ingestor._extract
+
+    def extract_then_cancel(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        ingestor.records.cancel(rid)  # the user cancels while the download runs
+        return out
+
+    monkeypatch.setattr(ingestor, "_extract", extract_then_cancel)
+    outcome = ingestor.handle(Message(data=IngestRequest(request_id=rid, url=f"{server}/talk.mp4").to_bytes()))
+    assert outcome is not None and outcome.upload is None
+    assert list(store.list(settings.uploads_bucket, f"ingest/{rid}/")) == []
+    rec = record(store, settings, rid)
+    assert (rec.state, rec.reason, rec.job_id) == ("failed", CANCELLED_REASON, None) and rec.cancelled_at

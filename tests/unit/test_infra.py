@@ -254,10 +254,12 @@ def test_publish_grants_are_least_privilege(hcl: dict[str, Any]) -> None:
         ("asr_worker", "asr_results"), ("asr_worker", "asr_deepgram"),
         ("deepgram_worker", "asr_results"),
         ("merger", "asr_deepgram"),  # the dead-letter handler only sends GPU tasks to Deepgram
-        ("api", "ingest_requests"),  # URLs for the ingest worker; it publishes nothing else
+        ("api", "ingest_requests"),  # URLs for the ingest worker
+        ("api", "asr_results"),      # a cancelled job's JobFailed; it publishes nothing else
     }
     api_code = "\n".join(p.read_text() for p in (ROOT / "shared" / "parascribe" / "api").glob("*.py"))
-    assert re.findall(r"publish\((names\.\w+)", api_code) == ["names.TOPIC_INGEST_REQUESTS"]
+    assert sorted(re.findall(r"publish\((names\.\w+)", api_code)) == ["names.TOPIC_ASR_RESULTS",
+                                                                       "names.TOPIC_INGEST_REQUESTS"]
     merger_code = "\n".join(p.read_text() for p in (ROOT / "shared" / "parascribe" / "merger").glob("*.py"))
     assert "publish(names.TOPIC_ASR_DEEPGRAM" in merger_code
     assert not re.search(r"publish\(\s*names\.TOPIC_ASR_GPU", merger_code), "the merger publishes to asr-gpu: grant it"

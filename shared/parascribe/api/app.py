@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from parascribe import names
 from parascribe.api.auth import ApiKeys
+from parascribe.api.cancel import cancel_job
 from parascribe.api.console import mount as mount_console
 from parascribe.api.dashboard import ChartSource
 from parascribe.api.errors import ApiError
@@ -146,6 +147,12 @@ def _app(deps: Deps) -> FastAPI:
         """A job's status by request id or pipeline job id (the fields of ``parascribe status --json``)."""
         status, api_request = deps.view.resolve(job_id)
         return describe(status, api_request)
+
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, dependencies=auth, tags=["jobs"])
+    def cancel(job_id: str) -> dict[str, Any]:
+        """Cancel a job (by request id or job id) that has not ended: it ends ``failed``, its webhook says
+        ``cancelled``, and chunks not yet transcribed are skipped. 409 once it has ended."""
+        return cancel_job(job_id, deps.view, deps.requests, deps.jobs, deps.publisher)
 
     @app.get("/v1/jobs/{job_id}/transcript", status_code=307, dependencies=auth, tags=["jobs"],
              response_class=RedirectResponse, responses={307: {"description": "to a signed URL of the output"}})

@@ -35,7 +35,7 @@ from parascribe.errors import PermanentError, TransientError, is_transient
 from parascribe.gcp.pubsub import Outgoing, Publisher
 from parascribe.gcp.storage import BlobStore
 from parascribe.jobs import JobStore, job_prefix
-from parascribe.requests_store import RequestStore
+from parascribe.requests_store import CANCELLED_REASON, RequestStore
 from parascribe.router.capacity import GpuCapacity, capacity_from_settings
 from parascribe.router.events import parse_event
 from parascribe.router.planner import PlannerOptions, is_whole_file
@@ -130,6 +130,9 @@ class Router:
                 origin=final_manifest.origin,
             ),
         )
+        if self._cancelled(upload):  # read after the status exists: a cancel either sees the status or is seen
+            self._fail(job_id, source, CANCELLED_REASON, manifest.origin)
+            return
         self._jobs.mark_open(job_id)
         self._publish(manifest)
         self._store.write(
@@ -170,6 +173,22 @@ class Router:
             origin=upload.origin,
             plan=why,
         )
+
+    def _cancelled(self, upload: UploadEvent) -> bool:
+        """Whether the job's request was cancelled (``POST /v1/jobs/{id}/cancel``) before its tasks went out.
+
+        The API marks the request, then reads the job's status: if the status is there it fails the job
+        itself, and if not, this read (made after the router wrote the status) sees the mark. A record
+        that cannot be read counts as not cancelled: the job runs rather than be lost.
+        """
+        rid = upload.origin.request_id or "r" + upload.source.job_id[1:]
+        try:
+            record = self._requests.get(rid)
+        except Exception as err:  # noqa: BLE001  (any storage failure: the job goes ahead)
+            log.warning("cannot read request %s to check for a cancel: %s", rid, err,
+                        extra={"job_id": upload.source.job_id})
+            return False
+        return record is not None and record.cancelled_at is not None
 
     def _budget(self) -> BudgetInput:
         """The month's spend from the ledger, read at most once per ``BACKLOG_CACHE_SECONDS``."""

@@ -32,6 +32,37 @@
     const reason = document.getElementById("job-reason");
     reason.textContent = job.state === "failed" ? "Failed: " + (job.reason || "no reason recorded") : "";
     reason.hidden = job.state !== "failed";
+    document.getElementById("cancel-job").hidden = job.state === "done" || job.state === "failed";
+  }
+
+  const CANCEL_LABEL = "Cancel job";
+
+  function resetCancel() {
+    const button = document.getElementById("cancel-job");
+    button.textContent = CANCEL_LABEL;
+    button.disabled = false;
+    delete button.dataset.armed;
+  }
+
+  // Two clicks, no dialog: the first arms the button and says what a cancel does, the second sends it.
+  async function cancelJob(jobId) {
+    const button = document.getElementById("cancel-job");
+    const msg = document.getElementById("cancel-msg");
+    if (!button.dataset.armed) {
+      button.dataset.armed = "1";
+      button.textContent = "Confirm: cancel this job";
+      msg.textContent = "It ends failed; chunks not yet transcribed are skipped.";
+      return;
+    }
+    button.disabled = true;
+    msg.textContent = "Cancelling…";
+    try {
+      const answer = await PS.api(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" });
+      msg.textContent = "Cancel requested: " + answer.note;
+    } catch (err) {
+      msg.textContent = "Not cancelled: " + err.message;
+    }
+    resetCancel();
   }
 
   function paragraphs(list) {
@@ -155,7 +186,7 @@
     fact(facts, "Fallbacks", String(plan.fallbacks));
     const body = PS.clear(document.getElementById("chunks-body"));
     for (const c of plan.chunks) {
-      const ran = c.engine ? `${c.engine} (${c.path})` : "pending";
+      const ran = c.engine ? `${c.engine} (${c.path})` : plan.state === "failed" ? "not run" : "pending";
       body.append(el("tr", {},
         el("td", { "data-label": "Chunk" }, String(c.index + 1)),
         el("td", { "data-label": "Span" }, `${PS.fmtDuration(c.start_s)}–${PS.fmtDuration(c.end_s)}`),
@@ -192,6 +223,9 @@
       el("p", { class: "muted" }, "The transcript appears when the job is done."));
     document.getElementById("redeliver-msg").textContent = "";
     document.getElementById("redeliver").onclick = () => redeliver(jobId);
+    resetCancel();
+    document.getElementById("cancel-msg").textContent = "";
+    document.getElementById("cancel-job").onclick = () => cancelJob(jobId);
     player.onplay = () => { cancelAnimationFrame(frame); follow(); };
     player.ontimeupdate = () => highlight(player.currentTime);
     player.onseeked = () => highlight(player.currentTime);
