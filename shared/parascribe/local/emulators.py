@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,11 +44,45 @@ decides how soon a dead worker's messages come back; with 60 s the emulator (0.8
 back only some of them within minutes, with 10 s all of them after 10 s."""
 
 
+LISTEN_PORTS_FLOOR = 20_000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_HANDED_OUT: set[int] = set()
+"""Ports this process chose already: two services never get the same one before either has bound it."""
+
+
+def _ephemeral_floor() -> int | None:
+    """The lowest port the kernel hands out to outgoing connections; None when it cannot be read."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_port() -> int:
-    """A free loopback TCP port (the OS picks it)."""
+    """A free loopback TCP port for a service to listen on.
+
+    A port is chosen here and bound by the service a moment later. A port from the kernel's ephemeral
+    range can be taken in between by any outgoing connection's local end (the stack makes many while it
+    starts), and the service then dies with EADDRINUSE; so the port comes from below that range when
+    the range is known, and from the OS otherwise.
+    """
+    floor = _ephemeral_floor()
+    if floor is not None and floor - LISTEN_PORTS_FLOOR >= 1000:
+        for port in random.sample(range(LISTEN_PORTS_FLOOR, floor), 64):
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _HANDED_OUT.add(port)
+    return port
 
 
 def wait_http(url: str, timeout_s: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
