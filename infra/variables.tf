@@ -40,7 +40,7 @@ variable "metric_types" {
 }
 
 variable "metric_value_types" {
-  description = "INT64 or DOUBLE per metric short name, as parascribe.metrics writes the points."
+  description = "INT64, DOUBLE or DISTRIBUTION per metric short name, as parascribe.metrics writes the points."
   type        = map(string)
 }
 

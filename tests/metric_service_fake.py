@@ -33,7 +33,8 @@ class Written:
     resource_labels: dict[str, str]
     end_time: float
     value: float
-    value_kind: str  # "int64_value" | "double_value"
+    value_kind: str  # "int64_value" | "double_value" | "distribution_value" (value: its mean)
+    distribution: monitoring_v3.TypedValue | None = None
 
 
 @dataclass
@@ -86,7 +87,12 @@ class FakeMetricService:
             if last is not None and end <= last:
                 return f"point for {ts.metric.type} is not newer than the series' last point"
             self._last_end[key] = end
-            kind = "int64_value" if "int64_value" in p.value else "double_value"
+            kind = next(k for k in ("int64_value", "double_value", "distribution_value") if k in p.value)
+            if kind == "distribution_value":
+                d = p.value.distribution_value
+                if sum(d.bucket_counts) != d.count or len(d.bucket_counts) > \
+                        d.bucket_options.exponential_buckets.num_finite_buckets + 2:
+                    return f"distribution for {ts.metric.type}: bucket counts do not add up to its count"
             self.series.append(Written(
                 call=call,
                 metric=ts.metric.type,
@@ -94,8 +100,9 @@ class FakeMetricService:
                 resource_type=ts.resource.type,
                 resource_labels=dict(ts.resource.labels),
                 end_time=end,
-                value=float(getattr(p.value, kind)),
+                value=float(p.value.distribution_value.mean if kind == "distribution_value" else getattr(p.value, kind)),
                 value_kind=kind,
+                distribution=p.value if kind == "distribution_value" else None,
             ))
         return None
 

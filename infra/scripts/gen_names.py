@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from parascribe import metric_names, names
-from parascribe.metrics import INT_METRICS
+from parascribe.metrics import DISTRIBUTION_METRICS, INT_METRICS
 
 TFVARS = Path(__file__).resolve().parents[1] / "names.auto.tfvars.json"
 
@@ -41,7 +41,8 @@ def tfvars() -> dict[str, Any]:
     Topics and buckets are keyed by role (``audio_uploaded``, ``uploads``) so the
     Terraform can refer to a role without repeating the name; subscriptions are
     keyed by their name and carry everything :class:`parascribe.names.Subscription` holds.
-    Metric value types follow what :mod:`parascribe.metrics` writes (INT64 for counts).
+    Metric value types follow what :mod:`parascribe.metrics` writes (INT64 for counts, DISTRIBUTION for
+    job latency).
     """
     subs = {
         s.name: {
@@ -60,7 +61,8 @@ def tfvars() -> dict[str, Any]:
         if attr.isupper() and isinstance(value, str) and value in metric_names.ALL
     }
     return {
-        "metric_value_types": {k: "INT64" if v in INT_METRICS else "DOUBLE" for k, v in sorted(metrics.items())},
+        "metric_value_types": {k: "INT64" if v in INT_METRICS else "DISTRIBUTION" if v in DISTRIBUTION_METRICS
+                               else "DOUBLE" for k, v in sorted(metrics.items())},
         "topics": _constants(names, "TOPIC_", names.TOPICS),
         "buckets": _constants(names, "BUCKET_", names.BUCKETS),
         "subscriptions": dict(sorted(subs.items())),

@@ -4,8 +4,10 @@ Callers :meth:`MetricsExporter.record` a value for a metric type from
 :mod:`parascribe.metric_names` with its labels. :class:`Aggregator` sums values
 per series (metric type + labels) and writes one GAUGE point per series per
 flush window (``METRICS_FLUSH_SECONDS``), so a dashboard sums points over time
-to get totals. Job latency is the mean over the window, and RTFx is derived at
-flush time as audio seconds over processing seconds, per engine.
+to get totals. RTFx is derived at flush time as audio seconds over processing
+seconds, per engine. Job latency is a DISTRIBUTION: each window's latencies go out
+as one histogram (exponential buckets from 1 s, :data:`LATENCY_BUCKETS`), so a
+dashboard merges windows and instances and reads p50/p95/p99 from them.
 
 Cloud Monitoring accepts one point per series every 10 s at most. A timer flush
 that finds a series written less than 10 s ago keeps it for the next flush; the
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 MIN_POINT_SPACING_S = 10.0
 INT_METRICS = frozenset({mn.JOBS, mn.FALLBACKS, mn.WEBHOOK_FAILURES, mn.DEEPGRAM_AUTH_ERRORS})
-MEAN_METRICS = frozenset({mn.JOB_LATENCY_SECONDS, mn.BUDGET_SPENT_USD, mn.BUDGET_USED_FRACTION})
+MEAN_METRICS = frozenset({mn.BUDGET_SPENT_USD, mn.BUDGET_USED_FRACTION})
+DISTRIBUTION_METRICS = frozenset({mn.JOB_LATENCY_SECONDS})
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -58,18 +61,78 @@ class MetricsExporter(Protocol):
 
 
 @dataclass(frozen=True)
+class Buckets:
+    """Cloud Monitoring's exponential bucket options: finite bucket ``i`` (1..count) holds
+    ``[scale * growth**(i-1), scale * growth**i)``; bucket 0 is the underflow, ``count + 1`` the overflow."""
+
+    count: int
+    growth: float
+    scale: float
+
+    def index(self, value: float) -> int:
+        if value < self.scale:
+            return 0
+        i = int(math.floor(math.log(value / self.scale, self.growth))) + 1
+        # Guard the float edge: a value exactly on a bound belongs to the bucket it opens.
+        while i > 1 and value < self.scale * self.growth ** (i - 1):
+            i -= 1
+        while i <= self.count and value >= self.scale * self.growth ** i:
+            i += 1
+        return min(i, self.count + 1)
+
+    def bounds(self, i: int) -> tuple[float, float]:
+        """The ``[low, high)`` of bucket ``i``; the underflow starts at 0, the overflow ends at infinity."""
+        low = 0.0 if i == 0 else self.scale * self.growth ** (i - 1)
+        return low, (math.inf if i > self.count else self.scale * self.growth ** i)
+
+
+LATENCY_BUCKETS = Buckets(count=40, growth=1.4, scale=1.0)
+"""1 s to 1.4**40 s (about 8 days), each bucket 40 % wider than the last: p95 is read to within that."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A histogram of one window's values, as Cloud Monitoring's ``Distribution`` holds it."""
+
+    count: int
+    mean: float
+    sum_of_squared_deviation: float
+    bucket_counts: tuple[int, ...]
+    buckets: Buckets
+
+    @classmethod
+    def of(cls, values: list[float], buckets: Buckets) -> Distribution:
+        count = len(values)
+        mean = sum(values) / count
+        counts = [0] * (buckets.count + 2)
+        for v in values:
+            counts[buckets.index(v)] += 1
+        return cls(count, mean, sum((v - mean) ** 2 for v in values), tuple(counts), buckets)
+
+
+@dataclass(frozen=True)
 class Point:
-    """One GAUGE point of one series."""
+    """One GAUGE point of one series: a number, or for a distribution metric a histogram (``value`` its mean)."""
 
     metric: str
     labels: Labels
     value: float
     end_time: float
     """Unix seconds."""
+    distribution: Distribution | None = None
 
     @property
     def is_int(self) -> bool:
         return self.metric in INT_METRICS
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values``, interpolated between the closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(math.floor(rank))
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def label_value(text: str, limit: int = 100) -> str:
@@ -109,6 +172,7 @@ class Aggregator:
         self._lock = threading.Lock()
         self._sums: dict[tuple[str, Labels], float] = {}
         self._counts: dict[tuple[str, Labels], int] = {}
+        self._values: dict[tuple[str, Labels], list[float]] = {}
         self._last: dict[tuple[str, Labels], float] = {}
         self._pending_rtfx: dict[str, tuple[float, float]] = {}
         self._stop = threading.Event()
@@ -123,6 +187,8 @@ class Aggregator:
         with self._lock:
             self._sums[key] = self._sums.get(key, 0.0) + value
             self._counts[key] = self._counts.get(key, 0) + 1
+            if metric in DISTRIBUTION_METRICS:
+                self._values.setdefault(key, []).append(value)
 
     def start(self) -> Aggregator:
         """Flush every ``flush_seconds`` on a daemon thread until :meth:`close`."""
@@ -146,8 +212,12 @@ class Aggregator:
                     continue
                 metric, labels = key
                 total, count = self._sums.pop(key), self._counts.pop(key)
-                value = total / count if metric in MEAN_METRICS else total
-                points.append(Point(metric, labels, value, end))
+                values = self._values.pop(key, None)
+                if values is not None:
+                    hist = Distribution.of(values, LATENCY_BUCKETS)
+                    points.append(Point(metric, labels, hist.mean, end, hist))
+                else:
+                    points.append(Point(metric, labels, total / count if metric in MEAN_METRICS else total, end))
                 self._last[key] = end
                 if metric in (mn.AUDIO_SECONDS, mn.PROCESSING_SECONDS):
                     engine = dict(labels).get("engine", "unknown")
@@ -263,6 +333,7 @@ def summarise_local(path: str | Path) -> str:
         return f"no metrics yet ({p} does not exist; run a job with METRICS_EXPORTER=local)"
     sums: dict[tuple[str, Labels], float] = {}
     counts: dict[tuple[str, Labels], int] = {}
+    spread: dict[tuple[str, Labels], list[float]] = {}
     skipped = 0
     first = last = None
     with p.open(encoding="utf-8") as f:
@@ -276,6 +347,8 @@ def summarise_local(path: str | Path) -> str:
                 continue
             sums[key] = sums.get(key, 0.0) + value
             counts[key] = counts.get(key, 0) + 1
+            if key[0] in DISTRIBUTION_METRICS:
+                spread.setdefault(key, []).append(value)
             first = first or rec.get("time")
             last = rec.get("time") or last
     if not sums:
@@ -286,6 +359,10 @@ def summarise_local(path: str | Path) -> str:
         shown = f"{value:.0f}" if metric in INT_METRICS else f"{value:.6f}" if "usd" in metric else f"{value:.2f}"
         if metric in MEAN_METRICS:
             shown += f" (mean of {counts[(metric, labels)]})"
+        if (metric, labels) in spread:
+            vals = spread[(metric, labels)]
+            shown = (f"p50 {percentile(vals, 50):.2f}  p95 {percentile(vals, 95):.2f}  "
+                     f"p99 {percentile(vals, 99):.2f}  max {max(vals):.2f} (of {len(vals)})")
         rows.append((_short(metric), " ".join(f"{k}={v}" for k, v in labels), shown))
     audio: dict[str, float] = {}
     proc: dict[str, float] = {}

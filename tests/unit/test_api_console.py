@@ -217,6 +217,7 @@ def test_metrics_are_the_dashboards_charts_from_the_local_file(client: TestClien
              ("audio_seconds", {"engine": "offline", "path": "gpu"}, 30.0),
              ("processing_seconds", {"engine": "offline", "path": "gpu"}, 3.0),
              ("jobs", {"status": "done"}, 1), ("jobs", {"status": "failed"}, 1)]
+    lines += [("job_latency_seconds", {"status": "done"}, float(v)) for v in range(1, 101)]  # 1..100 s
     Path(world.settings.metrics_local_path).write_text("".join(json.dumps({
         "time": now, "service": "merger", "metric": f"custom.googleapis.com/parascribe/{m}", "labels": labels,
         "value": v}) + "\n" for m, labels, v in lines) + "not json\n")
@@ -233,6 +234,10 @@ def test_metrics_are_the_dashboards_charts_from_the_local_file(client: TestClien
     rtfx = charts["RTFx by engine (audio s per processing s)"]
     assert [(s["name"], s["points"][0][1]) for s in rtfx["series"]] == [("offline", pytest.approx(10.0))]
     assert "Cloud Monitoring only" in charts["Pub/Sub backlog (undelivered messages)"]["note"]
+    # Latency percentiles are taken over the raw values, as numpy would (1..100 s: 50.5, 95.05, 99.01).
+    latency = charts["Job latency by status: p50, p95, p99 (s)"]
+    assert {s["name"]: s["points"][0][1] for s in latency["series"]} == pytest.approx(
+        {"done p50": 50.5, "done p95": 95.05, "done p99": 99.01})
 
 
 def test_local_series_ignore_records_outside_the_window(tmp_path: Path) -> None:

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from parascribe import metric_names as mn
 from parascribe.config import load_settings
 from parascribe.gcp.monitoring import CloudMonitoringExporter, exporter_from_settings, generic_task
 from parascribe.metrics import (
+    LATENCY_BUCKETS,
     Aggregator,
+    Buckets,
     LocalExporter,
     NullExporter,
     Point,
     label_value,
+    percentile,
     summarise_local,
 )
 from tests.metric_service_fake import MetricServiceServer
@@ -37,7 +42,7 @@ def by_metric(points: list[Point]) -> dict[tuple[str, tuple[tuple[str, str], ...
     return {(p.metric, p.labels): p for p in points}
 
 
-def test_aggregator_sums_per_series_and_derives_rtfx_and_mean_latency() -> None:
+def test_aggregator_sums_per_series_derives_rtfx_and_makes_a_latency_histogram() -> None:
     clock = Clock()
     written: list[list[Point]] = []
     agg = Aggregator(written.append, clock=clock)
@@ -53,7 +58,14 @@ def test_aggregator_sums_per_series_and_derives_rtfx_and_mean_latency() -> None:
     pts = by_metric(written[0])
     assert pts[(mn.AUDIO_SECONDS, (("engine", "parakeet"), ("path", "gpu")))].value == 900
     assert pts[(mn.RTFX, (("engine", "parakeet"),))].value == pytest.approx(150.0)
-    assert pts[(mn.JOB_LATENCY_SECONDS, (("status", "done"),))].value == 20
+    latency = pts[(mn.JOB_LATENCY_SECONDS, (("status", "done"),))]
+    assert latency.value == 20 and latency.distribution is not None
+    hist = latency.distribution
+    assert (hist.count, hist.mean, hist.sum_of_squared_deviation) == (2, 20, 200)
+    assert sum(hist.bucket_counts) == 2 and len(hist.bucket_counts) == LATENCY_BUCKETS.count + 2
+    for v in (10, 30):
+        low, high = LATENCY_BUCKETS.bounds(LATENCY_BUCKETS.index(v))
+        assert low <= v < high and hist.bucket_counts[LATENCY_BUCKETS.index(v)] >= 1
     jobs = pts[(mn.JOBS, (("status", "done"),))]
     assert jobs.value == 2 and jobs.is_int
     assert all(p.end_time == clock.t for p in written[0])
@@ -207,7 +219,7 @@ def test_local_exporter_appends_lines_and_summarises(tmp_path: Path) -> None:
     text = summarise_local(path)
     rows = {tuple(line.split()[:2]): line for line in text.splitlines()[1:]}
     assert rows[("jobs", "status=done")].split()[-1] == "2"
-    assert "15.00 (mean of 2)" in rows[("job_latency_seconds", "status=done")]
+    assert "p50 15.00  p95 19.50  p99 19.90  max 20.00 (of 2)" in rows[("job_latency_seconds", "status=done")]
     assert rows[("rtfx", "engine=parakeet")].split()[-1] == "150.0"
     assert "0.125000" in text
     assert "1 unreadable lines skipped" in text
@@ -231,3 +243,40 @@ def test_cloud_exporter_from_settings_uses_generic_task(monitoring: MetricServic
     assert s.end_time == pytest.approx(t0, abs=5)
 
 
+
+
+def test_exponential_buckets_match_cloud_monitorings_bounds() -> None:
+    b = Buckets(count=4, growth=2.0, scale=1.0)  # underflow, [1,2), [2,4), [4,8), [8,16), overflow
+    assert [b.index(v) for v in (0.0, 0.99, 1.0, 1.99, 2.0, 7.99, 8.0, 15.99, 16.0, 1e9)] == [0, 0, 1, 1, 2, 3, 4, 4, 5, 5]
+    assert b.bounds(0) == (0.0, 1.0) and b.bounds(3) == (4.0, 8.0) and b.bounds(5) == (16.0, math.inf)
+    # 1.4**k lands a hair off the bound in floating point; every value still falls inside its bucket.
+    for k in range(LATENCY_BUCKETS.count + 1):
+        for v in (1.4**k, 1.4**k * (1 - 1e-12), 1.4**k * (1 + 1e-12)):
+            low, high = LATENCY_BUCKETS.bounds(LATENCY_BUCKETS.index(v))
+            assert low <= v < high or (v >= low and high == math.inf), (k, v)
+
+
+def test_percentiles_interpolate_between_ranks_like_numpy() -> None:
+    values = [3.0, 1.0, 40.0, 7.5, 12.0, 2.0, 90.0]
+    for q in (0, 5, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_cloud_exporter_writes_latency_as_a_distribution(monitoring: MetricServiceServer) -> None:
+    clock = Clock()
+    exp = CloudMonitoringExporter(monitoring.client(), "p", generic_task("p", "global", "merger", "t"), clock=clock)
+    latencies = [4.0, 9.5, 60.0, 61.0, 600.0]
+    for v in latencies:
+        exp.record(mn.JOB_LATENCY_SECONDS, v, {"status": "done"})
+    exp.flush()
+    fake = monitoring.fake
+    assert not fake.errors, fake.errors
+    [series] = fake.series
+    assert series.value_kind == "distribution_value" and series.value == pytest.approx(sum(latencies) / 5)
+    assert series.distribution is not None
+    d = series.distribution.distribution_value
+    assert d.count == 5 and sum(d.bucket_counts) == 5
+    assert d.sum_of_squared_deviation == pytest.approx(float(np.var(latencies) * 5))
+    opts = d.bucket_options.exponential_buckets
+    assert (opts.num_finite_buckets, opts.growth_factor, opts.scale) == (LATENCY_BUCKETS.count, 1.4, 1.0)
+    assert [i for i, n in enumerate(d.bucket_counts) for _ in range(n)] == [LATENCY_BUCKETS.index(v) for v in latencies]

@@ -7,7 +7,8 @@ fails when the two differ), so ``pip install`` and the API image stay self-conta
 console and the dashboard cannot drift apart.
 
 - :class:`LocalSeries` answers from the local stack's metrics file (``METRICS_LOCAL_PATH``),
-  which holds every raw record: each dataset's aligner is applied per time bucket and group.
+  which holds every raw record: each dataset's aligner is applied per time bucket and group, and a
+  percentile reducer (job latency's p50/p95/p99) is taken exactly over the raw values.
   RTFx is not recorded there (the cloud exporter derives it per flush), so it is derived the
   same way: audio seconds over processing seconds, per engine and bucket.
 - :class:`MonitoringSeries` asks Cloud Monitoring (``timeSeries.list``) with the dashboard's own
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from parascribe import metric_names as mn
+from parascribe.metrics import percentile
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +135,22 @@ def packaged_specs() -> tuple[ChartSpec, ...]:
     return tuple(parse_dashboard(json.loads(text)))
 
 
+def _percentile_of(ds: Dataset) -> float | None:
+    """The percentile a ``REDUCE_PERCENTILE_NN`` dataset asks for; None for any other reducer."""
+    return float(ds.reducer.rsplit("_", 1)[1]) if ds.reducer.startswith("REDUCE_PERCENTILE_") else None
+
+
 def _series_name(spec: ChartSpec, ds: Dataset, group: str) -> str:
     name = group or "total"
     if len(spec.datasets) > 1:
-        name += " " + ds.aligner.removeprefix("ALIGN_").lower()
+        q = _percentile_of(ds)
+        name += f" p{q:02.0f}" if q is not None else " " + ds.aligner.removeprefix("ALIGN_").lower()
     return name
 
 
-def _aggregate(values: list[float], aligner: str) -> float:
+def _aggregate(values: list[float], aligner: str, q: float | None = None) -> float:
+    if q is not None:
+        return percentile(values, q)
     if aligner == "ALIGN_MAX":
         return max(values)
     if aligner == "ALIGN_MIN":
@@ -223,7 +233,7 @@ class LocalSeries:
 
     def _total(self, ds: Dataset, records: list[Record]) -> float:
         values = [r.value for r in self._matching(ds, records)]
-        return _aggregate(values, ds.aligner) if values else 0.0
+        return _aggregate(values, ds.aligner, _percentile_of(ds)) if values else 0.0
 
     def _series(self, spec: ChartSpec, ds: Dataset, records: list[Record]) -> list[Series]:
         labels = [g.removeprefix("metric.label.") for g in ds.group_by]
@@ -234,7 +244,8 @@ class LocalSeries:
             group = " ".join(r.labels.get(k, "unknown") for k in labels)
             start = r.time - r.time % ds.period_s
             buckets.setdefault(group, {}).setdefault(start, []).append(r.value)
-        return [Series(_series_name(spec, ds, g), [(t, _aggregate(v, ds.aligner)) for t, v in sorted(b.items())])
+        q = _percentile_of(ds)
+        return [Series(_series_name(spec, ds, g), [(t, _aggregate(v, ds.aligner, q)) for t, v in sorted(b.items())])
                 for g, b in sorted(buckets.items())]
 
     def _rtfx(self, spec: ChartSpec, ds: Dataset, records: list[Record], labels: list[str]) -> list[Series]:

@@ -1,4 +1,5 @@
-"""Cloud Monitoring export: aggregated GAUGE points through ``MetricServiceClient.create_time_series``."""
+"""Cloud Monitoring export: aggregated GAUGE points (numbers, or histograms for distribution metrics) through
+``MetricServiceClient.create_time_series``."""
 
 from __future__ import annotations
 
@@ -33,13 +34,25 @@ def to_time_series(point: Point, resource: Mapping[str, object]) -> monitoring_v
     nanos = int(round((point.end_time - seconds) * 1e9))
     if nanos >= 1_000_000_000:
         seconds, nanos = seconds + 1, nanos - 1_000_000_000
-    value = {"int64_value": int(round(point.value))} if point.is_int else {"double_value": float(point.value)}
+    kinds = metric_pb2.MetricDescriptor.ValueType
+    value: dict[str, object]
+    if point.distribution is not None:
+        d, b = point.distribution, point.distribution.buckets
+        value = {"distribution_value": {
+            "count": d.count, "mean": d.mean, "sum_of_squared_deviation": d.sum_of_squared_deviation,
+            "bucket_options": {"exponential_buckets": {"num_finite_buckets": b.count, "growth_factor": b.growth,
+                                                       "scale": b.scale}},
+            "bucket_counts": list(d.bucket_counts)}}
+        value_type = kinds.DISTRIBUTION
+    elif point.is_int:
+        value, value_type = {"int64_value": int(round(point.value))}, kinds.INT64
+    else:
+        value, value_type = {"double_value": float(point.value)}, kinds.DOUBLE
     return monitoring_v3.TimeSeries({
         "metric": {"type": point.metric, "labels": dict(point.labels)},
         "resource": resource,
         "metric_kind": metric_pb2.MetricDescriptor.MetricKind.GAUGE,
-        "value_type": metric_pb2.MetricDescriptor.ValueType.INT64 if point.is_int
-        else metric_pb2.MetricDescriptor.ValueType.DOUBLE,
+        "value_type": value_type,
         "points": [{"interval": {"end_time": {"seconds": seconds, "nanos": nanos}}, "value": value}],
     })
 
