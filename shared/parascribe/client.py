@@ -17,9 +17,9 @@ import google.cloud.storage as storage
 
 from parascribe.config import Settings
 from parascribe.contracts import JobStatus, make_job_id
+from parascribe.contracts_api import upload_metadata
 from parascribe.gcp.storage import GcsStore
 from parascribe.jobs import JobStore
-from parascribe.names import META_DEADLINE, META_LANGUAGE, META_METHOD
 
 
 @dataclass
@@ -47,13 +47,7 @@ def upload(
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such file")
     blob = client.bucket(settings.uploads_bucket).blob(file.name)
-    metadata = {}
-    if method:
-        metadata[META_METHOD] = method
-    if deadline_minutes is not None:
-        metadata[META_DEADLINE] = f"{deadline_minutes:g}"
-    if language:
-        metadata[META_LANGUAGE] = language
+    metadata = upload_metadata(method=method, deadline_minutes=deadline_minutes, language=language)
     blob.metadata = metadata or None
     content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     blob.upload_from_filename(str(file), content_type=content_type)

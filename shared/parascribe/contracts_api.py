@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from parascribe import names
 from parascribe.contracts import Contract, Method, utcnow
 
 _REQUEST_ID = re.compile(r"r[0-9a-f]{20}")
@@ -62,3 +63,16 @@ class ApiRequest(Contract):
     """Set by ``POST /v1/jobs/{id}/cancel``: the router fails the job, whenever its upload lands."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+def upload_metadata(request_id: str | None = None, *, method: str | None = None,
+                    deadline_minutes: float | None = None, language: str | None = None,
+                    callback_url: str | None = None, source_url: str | None = None,
+                    title: str | None = None) -> dict[str, str]:
+    """The ``parascribe-*`` custom metadata of an upload: how a client asks for other than the defaults, and
+    where an upload made on a user's behalf came from. The router reads it back (``router/events.py``)."""
+    pairs = ((names.META_REQUEST_ID, request_id), (names.META_METHOD, method),
+             (names.META_DEADLINE, None if deadline_minutes is None else f"{deadline_minutes:g}"),
+             (names.META_LANGUAGE, language), (names.META_CALLBACK_URL, callback_url),
+             (names.META_SOURCE_URL, source_url), (names.META_TITLE, title))
+    return {key: value for key, value in pairs if value}

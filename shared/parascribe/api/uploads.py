@@ -16,17 +16,9 @@ from google.api_core import exceptions as gexc
 
 from parascribe import names
 from parascribe.api.errors import ApiError
+from parascribe.contracts_api import upload_metadata
 from parascribe.errors import TransientError
 from parascribe.gcp.storage import ObjectInfo
-from parascribe.names import (
-    META_CALLBACK_URL,
-    META_DEADLINE,
-    META_LANGUAGE,
-    META_METHOD,
-    META_REQUEST_ID,
-    META_SOURCE_URL,
-    META_TITLE,
-)
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +69,9 @@ class UploadOptions:
     language: str | None = None
 
     def metadata(self) -> dict[str, str]:
-        meta = {META_REQUEST_ID: self.request_id}
-        if self.method:
-            meta[META_METHOD] = self.method
-        if self.deadline_minutes is not None:
-            meta[META_DEADLINE] = f"{self.deadline_minutes:g}"
-        if self.language:
-            meta[META_LANGUAGE] = self.language
-        if self.callback_url:
-            meta[META_CALLBACK_URL] = self.callback_url
-        if self.source_url:
-            meta[META_SOURCE_URL] = self.source_url
-        if self.title:
-            meta[META_TITLE] = self.title
-        return meta
+        return upload_metadata(self.request_id, method=self.method, deadline_minutes=self.deadline_minutes,
+                               language=self.language, callback_url=self.callback_url,
+                               source_url=self.source_url, title=self.title)
 
 
 def parse_gcs_uri(uri: str) -> tuple[str, str]:

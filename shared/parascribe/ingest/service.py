@@ -23,7 +23,7 @@ from parascribe.contracts import (
     make_job_id,
     parse,
 )
-from parascribe.contracts_api import ApiRequest, IngestRequest
+from parascribe.contracts_api import ApiRequest, IngestRequest, upload_metadata
 from parascribe.errors import MalformedMessageError, is_transient
 from parascribe.gcp.pubsub import Message
 from parascribe.gcp.storage import BlobStore, ObjectInfo
@@ -31,15 +31,6 @@ from parascribe.ingest.httpio import Budget, HttpReader, SegmentReader
 from parascribe.ingest.remux import Extracted, extract_audio, too_long
 from parascribe.ingest.resolve import Resolved, Resolver
 from parascribe.ingest.uploader import Uploader
-from parascribe.names import (
-    META_CALLBACK_URL,
-    META_DEADLINE,
-    META_LANGUAGE,
-    META_METHOD,
-    META_REQUEST_ID,
-    META_SOURCE_URL,
-    META_TITLE,
-)
 from parascribe.netguard import GuardedHttp
 from parascribe.requests_store import FINAL_STATES, RequestStore, request_id_of, seed_of
 
@@ -171,17 +162,11 @@ class Ingestor:
         with reader:
             return extract_audio(reader, self._spool, max_s=max_s, budget=budget)
 
-    def _metadata(self, request: IngestRequest, title: str) -> dict[str, str]:
-        metadata = {META_REQUEST_ID: request.request_id, META_SOURCE_URL: request.url[:2048], META_TITLE: title}
-        if request.method is not None:
-            metadata[META_METHOD] = request.method
-        if request.deadline_minutes is not None:
-            metadata[META_DEADLINE] = f"{request.deadline_minutes:g}"
-        if request.language is not None:
-            metadata[META_LANGUAGE] = request.language
-        if request.callback_url is not None:
-            metadata[META_CALLBACK_URL] = request.callback_url
-        return metadata
+    @staticmethod
+    def _metadata(request: IngestRequest, title: str) -> dict[str, str]:
+        return upload_metadata(request.request_id, method=request.method, deadline_minutes=request.deadline_minutes,
+                               language=request.language, callback_url=request.callback_url,
+                               source_url=request.url[:2048], title=title)
 
     def _existing_upload(self, request_id: str) -> ObjectInfo | None:
         """The audio an earlier delivery of this request uploaded, if any."""
@@ -197,6 +182,6 @@ class Ingestor:
         bucket = self._settings.uploads_bucket
         return self.records.set_fields(
             seed, state="submitted", reason=None, job_id=make_job_id(bucket, upload.name, upload.generation),
-            upload_uri=f"gs://{bucket}/{upload.name}", title=title or upload.metadata.get(META_TITLE),
+            upload_uri=f"gs://{bucket}/{upload.name}", title=title or upload.metadata.get(names.META_TITLE),
         )
 
