@@ -60,19 +60,29 @@ def create_app(secret: str, log_path: Path) -> Flask:
     return app
 
 
+OFFLINE_COST_NOTE = (
+    "note: engine 'offline' is faster-whisper on this machine's CPU, standing in for Parakeet on an L4. Its "
+    "processing time is priced at the L4 instance's rate, so cost and savings here say nothing of the GPU "
+    "path (docs/performance.md has its figures).")
+
+
 def show(log_path: Path) -> str:
     """A readable summary of the deliveries in ``log_path``."""
     if not log_path.exists():
         return f"no webhook deliveries recorded in {log_path}"
     lines = []
+    offline = False
     for raw in log_path.read_text().splitlines():
         d = json.loads(raw)
         mark = "signature verified" if d["verified"] else f"REJECTED: {d['error']}"
         summary = d["body"].get("summary") or {}
+        offline |= "offline" in (summary.get("engines") or [])
         lines.append(
             f"webhook {d['status']} for job {d['job_id']} ({mark}); "
             f"summary: {json.dumps(summary, sort_keys=True)}"
         )
+    if offline:
+        lines.append(OFFLINE_COST_NOTE)
     return "\n".join(lines)
 
 
