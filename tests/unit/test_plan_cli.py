@@ -112,6 +112,20 @@ def test_costs_report_totals_spills_and_a_replayed_recommendation() -> None:
     assert "with 2 GPU instances instead of 1" in render(doc, as_json=False)
 
 
+def test_jobs_that_only_deepgram_could_do_are_not_replayed_as_gpu_work() -> None:
+    """A job in Spanish went to Deepgram because of its language: no setting would have moved it."""
+    settings = load_settings(gpu_max_instances=1, chunk_overlap_seconds=0, expected_speech_ratio=1.0,
+                             gpu_startup_seconds=60)
+    ledger = Ledger(MemoryStore(), "state")
+    for i in range(3):  # as in the test above, where a second GPU would have moved chunks off Deepgram
+        ledger.record(SpendEntry(
+            job_id=f"j{i}", state="done", finished_at=NOW - timedelta(days=i), duration_s=6 * 3600,
+            deadline_minutes=10, cost_usd=1.548, cost_by_method={"deepgram": 1.548}, deepgram_only_usd=1.548,
+            chunks={"deepgram": 36}, spilled={"language": 36}, backlog_audio_s=150 * 500))
+    doc = costs_report(ledger, settings, timedelta(days=30), now=NOW)
+    assert doc["spilled"] == {"language": 108} and doc["recommendations"] == []
+
+
 def test_since_and_months() -> None:
     assert parse_since("30d") == timedelta(days=30) and parse_since("12h") == timedelta(hours=12)
     with pytest.raises(ValueError):

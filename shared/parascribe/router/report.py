@@ -75,7 +75,9 @@ def _replay(entries: Sequence[SpendEntry], options: PlannerOptions, max_instance
 
 
 def _recommendations(entries: list[SpendEntry], settings: Settings, rtfx: float | None) -> list[dict[str, Any]]:
-    replayable = [e for e in entries if e.requested_method == "auto" and e.duration_s > 0 and e.state == "done"]
+    # Jobs the planner was free to place: asked for auto, and in a language the GPU transcribes.
+    replayable = [e for e in entries if e.requested_method == "auto" and e.duration_s > 0 and e.state == "done"
+                  and "language" not in e.spilled]
     if not replayable:
         return []
     options = PlannerOptions.from_settings(settings)
