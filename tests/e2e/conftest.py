@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,20 @@ def words(text: str) -> list[str]:
 class Stack:
     home: Path
     env: dict[str, str]
+
+    @contextlib.contextmanager
+    def paused(self, part: str) -> Iterator[None]:
+        """Freeze one running part (SIGSTOP to its process group), as a hung instance, and thaw it after.
+
+        The supervisor watches for exits only, so a frozen part is not restarted; its leased messages come
+        back once it thaws or their deadlines pass.
+        """
+        pid = int(json.loads((self.home / "stack.json").read_text())["parts"][part]["pid"])
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(pid, signal.SIGCONT)
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
