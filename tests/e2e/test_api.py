@@ -201,7 +201,8 @@ def test_jobs_are_listed_newest_first_and_the_schema_describes_every_endpoint(ht
     assert {j["request_id"] for j in first["jobs"]}.isdisjoint({j["request_id"] for j in second["jobs"]})
     assert first["jobs"][0]["created_at"] >= first["jobs"][1]["created_at"] >= second["jobs"][0]["created_at"]
     paths = set(http.get("/openapi.json").json()["paths"])
-    assert {"/transcribe", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/transcript", "/v1/uploads"} <= paths
+    assert {"/transcribe", "/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/transcript", "/v1/uploads",
+            "/v1/jobs/{job_id}/cancel"} <= paths
 
 
 def test_a_job_cancelled_while_it_runs_ends_failed_once_with_the_reason(stack: Stack, http: httpx.Client,
