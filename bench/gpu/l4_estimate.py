@@ -19,6 +19,10 @@ The method, per mode:
 - A mode counts for the L4 only if its peak memory fits in ``L4_USABLE_GB``; otherwise the L4 runs a
   smaller batch and the figure is marked ``fits_l4: false``.
 
+It covers the engine only: the worker's CPU stages (decoding with PyAV, Silero VAD on onnxruntime) run on
+the instance's 4 vCPUs, on decode threads ahead of inference, and are not in these figures; at a few hundred
+times real time they should keep up, which a worker run on an L4 would have to confirm.
+
 ``GPU_EXPECTED_RTFX`` is the planner's figure for one L4 on speech. The suggestion is the conservative
 estimate of the segments regime (VAD segments ≤ 30 s, which is what the worker sends) at the largest
 measured batch that fits, rounded down to 10.
