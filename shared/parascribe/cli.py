@@ -5,6 +5,7 @@ The forms below are a public interface; keep them stable:
     parascribe up [--detach]            parascribe down
     parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N] [--language L]
     parascribe status [JOB_ID] [--json]  parascribe cancel ID [--json]
+    parascribe env                      (eval "$(parascribe env)": gcloud and the Google clients use the stack)
     parascribe metrics                  parascribe webhook redeliver JOB_ID
     parascribe console [--no-open]
     parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M]
@@ -211,6 +212,20 @@ def cmd_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """``parascribe env``: ``export`` lines for the running local stack (``eval "$(parascribe env)"``)."""
+    import shlex
+
+    from parascribe.local.stack import StackError, running_state
+
+    state = running_state()
+    if state is None:
+        raise StackError("no local stack is running: start one with `parascribe up --detach`")
+    for key, value in state.shell_env().items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``parascribe cancel ID``: through the API (the local stack's, or PARASCRIBE_API_URL)."""
     from parascribe import sdk
@@ -311,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--limit", type=int, default=20)
     st.set_defaults(fn=cmd_status)
+
+    sub.add_parser("env", help="print export lines that point gcloud, the Google clients and the SDK at the "
+                               "local stack: eval \"$(parascribe env)\"").set_defaults(fn=cmd_env)
 
     ca = sub.add_parser("cancel", help="cancel a job that has not ended (request id or job id)")
     ca.add_argument("job_id")

@@ -95,6 +95,28 @@ class StackState:
             "GOOGLE_CLOUD_PROJECT": self.project,
         }
 
+    def shell_env(self) -> dict[str, str]:
+        """What ``parascribe env`` exports: the client libraries', the gcloud CLI's and the SDK's view of the stack.
+
+        gcloud gets a config directory of its own under the stack's home (the user's real configuration and
+        credentials are never touched or used), the emulators as its storage and Pub/Sub endpoints, and a
+        placeholder access token, which the emulators accept and never check.
+        """
+        home = Path(self.home)
+        token = home / "gcloud-token"
+        if not token.exists():
+            token.write_text("local-emulators-accept-any-token\n")
+        env = self.client_env() | {
+            "CLOUDSDK_CONFIG": str(home / "gcloud"),
+            "CLOUDSDK_CORE_PROJECT": self.project,
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE": self.storage_host.rstrip("/") + "/",
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_PUBSUB": f"http://{self.pubsub_host}/",
+            "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token),
+        }
+        if self.api_key and "api" in self.ports:
+            env |= {"PARASCRIBE_API_URL": self.url("api"), "PARASCRIBE_API_KEY": self.api_key}
+        return env
+
     def url(self, service: str) -> str:
         return f"http://{LOOPBACK}:{self.ports[service]}"
 
