@@ -48,6 +48,11 @@ def l4() -> ModuleType:
     return _load("l4_estimate")
 
 
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return _load("report")
+
+
 # --- the pins ---
 
 
@@ -264,6 +269,23 @@ def test_the_l4_estimate_refuses_what_it_cannot_scale(l4: ModuleType) -> None:
     assert "no datasheet figures" in l4.estimate(unknown)["why"]
     too_big = l4.estimate(_h200_run(segments_b128=_throughput("segments", 128, 7000.0, 0.8, 31.0)))
     assert too_big["applies"] and too_big["suggested_gpu_expected_rtfx"] is None, "nothing measured fits an L4"
+
+
+def test_the_report_renders_every_figure_from_the_json_and_says_what_failed(report: ModuleType) -> None:
+    seg = _throughput("segments", 128, 6400.0, 0.8, 18.0) | {"precision": "bf16", "n": 256, "clip_s": 30.0,
+                                                             "encoder_rtfx": 8000.0, "cuda_graphs": "full_graph",
+                                                             "encoder_share_of_bf16_bound": 0.31}
+    data = _h200_run(segments_b128=seg, chunks_b16={"status": "error", "error": "RuntimeError: CUDA error: boom"},
+                     oom={"status": "ok", "gpu_memory_limit_gb": 20.5, "chunks": 4, "chunk_s": 600.0,
+                          "simulated": False, "batch_sizes": [4, 2, 1, 1, 2, 1, 1], "recoveries": {"oom": 3},
+                          "unrecovered": 0, "recovered_by_halving": True})
+    text = report.render(data)
+    assert "| `segments_b128` (bf16, batch 128, 256 × 30 s) | **≥ 6,000** | 6,400.0 | 8,000.0 | 0.310 | 18.00 | " \
+           "full_graph |" in text
+    assert "| `chunks_b16` | **≥ 2,000** (best of b16, b32) | error: RuntimeError: CUDA error: boom |" in text
+    assert "recovered by halving: True" in text and "`GPU_MEMORY_LIMIT_GB=20.5`" in text
+    assert "Worker: not run" in text, "a mode missing from the JSON is said to be missing"
+    assert "| `segments_b128` | yes |" in text and "Suggested `GPU_EXPECTED_RTFX`:" in text
 
 
 @pytest.mark.nemo
