@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,9 @@ def estimate(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def kit_json_command(argv: list[str] | None, description: str, render: Callable[[dict[str, Any]], str]) -> int:
+    """A command on one kit JSON: print ``render`` of it; 2 with the reason when the file cannot be read."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("kit_json", type=Path, help="the JSON file a run of bench/gpu/run.py wrote")
     args = parser.parse_args(argv)
     try:
@@ -143,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as err:
         print(f"cannot read {args.kit_json}: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(estimate(data), indent=2))
+    sys.stdout.write(render(data))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return kit_json_command(argv, __doc__.split("\n\n")[0], lambda data: json.dumps(estimate(data), indent=2) + "\n")
 
 
 if __name__ == "__main__":

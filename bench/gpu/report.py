@@ -7,8 +7,6 @@ gpu.json``. Every figure is copied from the JSON; a mode that failed or was skip
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -97,16 +95,9 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kit_json", type=Path, help="the JSON file a run of bench/gpu/run.py wrote")
-    args = parser.parse_args(argv)
-    try:
-        data = json.loads(args.kit_json.read_text())
-    except (OSError, ValueError) as err:
-        print(f"cannot read {args.kit_json}: {err}", file=sys.stderr)
-        return 2
-    sys.stdout.write(render(data))
-    return 0
+    from l4_estimate import kit_json_command
+
+    return kit_json_command(argv, __doc__.split("\n\n")[0], render)
 
 
 if __name__ == "__main__":
