@@ -125,3 +125,12 @@ class RecordingExporter:
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class NoUploads:
+    """The API's :class:`~parascribe.api.uploads.Uploads` where no upload has landed: ``find`` never finds one."""
+
+    bucket = "uploads"
+
+    def find(self, prefix: str) -> None:
+        return None

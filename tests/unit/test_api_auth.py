@@ -17,7 +17,7 @@ from parascribe.api.auth import ApiKeys, hash_api_key, new_api_key, parse_key_ha
 from parascribe.api.errors import ApiError
 from parascribe.config import load_settings
 from parascribe.errors import ConfigError
-from tests.fakes import MemoryStore, RecordingPublisher
+from tests.fakes import MemoryStore, NoUploads, RecordingPublisher
 
 KEY = "psk_test-key-1"
 OTHER = "psk_test-key-2"
@@ -94,7 +94,7 @@ def test_the_app_refuses_to_start_without_keys() -> None:
 def test_routes_need_the_key_and_healthz_does_not(caplog: pytest.LogCaptureFixture) -> None:
     settings = load_settings(api_key_hashes=hash_api_key(KEY))
     publisher = RecordingPublisher()
-    app = build(settings, store=MemoryStore(), publisher=publisher, uploads=_NoUploads())  # type: ignore[arg-type]
+    app = build(settings, store=MemoryStore(), publisher=publisher, uploads=NoUploads())  # type: ignore[arg-type]
     caplog.set_level(logging.DEBUG)
     with TestClient(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
@@ -108,10 +108,3 @@ def test_routes_need_the_key_and_healthz_does_not(caplog: pytest.LogCaptureFixtu
         assert ok.status_code == 200 and ok.json() == {"jobs": [], "next_cursor": None}
     assert KEY not in caplog.text and "psk_guess" not in caplog.text
     assert publisher.messages == []
-
-
-class _NoUploads:
-    bucket = "uploads"
-
-    def find(self, prefix: str) -> None:
-        return None

@@ -32,20 +32,13 @@ from parascribe.contracts import (
 )
 from parascribe.jobs import OPEN_PREFIX, REDELIVERY_NOTE, JobStore
 from parascribe.plan_contract import PlanExplanation
-from tests.fakes import MemoryStore, RecordingPublisher
+from tests.fakes import MemoryStore, NoUploads, RecordingPublisher
 
 KEY = "psk_console-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 FORMATS = ("json", "txt", "srt", "vtt", "words.csv", "segments.csv")
 XSS = "<img src=x onerror=alert(1)>.wav"
 STATIC = Path(__file__).resolve().parents[2] / "shared" / "parascribe" / "api" / "static"
-
-
-class _NoUploads:
-    bucket = "uploads"
-
-    def find(self, prefix: str) -> None:
-        return None
 
 
 class World:
@@ -85,7 +78,7 @@ class World:
             summary=JobSummary(duration_s=20, engines=["deepgram", "offline"], cost_usd=0.01, savings_usd=0.02),
             finished_at=utcnow()))
         self.app = build(self.settings, store=self.store, publisher=RecordingPublisher(),
-                         uploads=_NoUploads())  # type: ignore[arg-type]
+                         uploads=NoUploads())  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -16,19 +16,12 @@ from parascribe.contracts import AudioInfo, ChunkTask, JobFailed, JobManifest, J
 from parascribe.contracts_api import ApiRequest
 from parascribe.jobs import JobStore
 from parascribe.requests_store import CANCELLED_REASON, RequestStore
-from tests.fakes import MemoryStore, RecordingPublisher
+from tests.fakes import MemoryStore, NoUploads, RecordingPublisher
 from tests.unit.test_router import Stack, pubsub_event, wav
 
 KEY = "psk_cancel-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 RID = "r" + "1" * 20
-
-
-class _NoUploads:
-    bucket = "uploads"
-
-    def find(self, prefix: str) -> None:
-        return None
 
 
 class World:
@@ -41,7 +34,7 @@ class World:
         self.jobs = JobStore(self.store, self.settings.state_bucket)
         self.requests = RequestStore(self.store, self.settings.state_bucket)
         self.app = build(self.settings, store=self.store, publisher=self.publisher,
-                         uploads=_NoUploads())  # type: ignore[arg-type]
+                         uploads=NoUploads())  # type: ignore[arg-type]
 
     def job(self, state: str, request_id: str | None = RID) -> str:
         source = SourceRef(bucket="uploads", name=f"api/{request_id}/talk.wav", generation="5", size=1000)
@@ -143,7 +136,7 @@ def test_a_cancel_while_the_router_plans_sends_no_task() -> None:
     requests = RequestStore(stack.store, stack.settings.state_bucket)
     requests.create(ApiRequest(request_id=RID, state="accepted"))
     api_publisher = RecordingPublisher()
-    view = JobsView(requests, stack.jobs, _NoUploads())  # type: ignore[arg-type]
+    view = JobsView(requests, stack.jobs, NoUploads())  # type: ignore[arg-type]
     real = stack.jobs.update_status
     answers: list[dict[str, Any]] = []
 
