@@ -132,12 +132,11 @@ class Ingestor:
             extracted = self._extract(resolved, budget, max_s)
         finally:
             resolved.close()
-        current = self.records.get(request.request_id)
-        if current is not None and current.cancelled_at is not None:
-            extracted.path.unlink(missing_ok=True)
-            log.info("request %s was cancelled while its audio was fetched; nothing uploaded", request.request_id)
-            return Outcome(current)
         try:
+            current = self.records.get(request.request_id)
+            if current is not None and current.cancelled_at is not None:
+                log.info("request %s was cancelled while its audio was fetched; nothing uploaded", request.request_id)
+                return Outcome(current)
             title = (resolved.title or "audio")[:MAX_TITLE_CHARS]
             name = f"{upload_prefix(request.request_id)}{safe_name(title)}{extracted.target.ext}"
             metadata = self._metadata(request, title)
