@@ -148,9 +148,12 @@ def _series_name(spec: ChartSpec, ds: Dataset, group: str) -> str:
     return name
 
 
-def _aggregate(values: list[float], aligner: str, q: float | None = None) -> float:
+def _aggregate(values: list[float], ds: Dataset) -> float:
+    """``values`` as the dataset aggregates them: a percentile reducer exactly, else the aligner."""
+    q = _percentile_of(ds)
     if q is not None:
         return percentile(values, q)
+    aligner = ds.aligner
     if aligner == "ALIGN_MAX":
         return max(values)
     if aligner == "ALIGN_MIN":
@@ -233,7 +236,7 @@ class LocalSeries:
 
     def _total(self, ds: Dataset, records: list[Record]) -> float:
         values = [r.value for r in self._matching(ds, records)]
-        return _aggregate(values, ds.aligner, _percentile_of(ds)) if values else 0.0
+        return _aggregate(values, ds) if values else 0.0
 
     def _series(self, spec: ChartSpec, ds: Dataset, records: list[Record]) -> list[Series]:
         labels = [g.removeprefix("metric.label.") for g in ds.group_by]
@@ -244,8 +247,7 @@ class LocalSeries:
             group = " ".join(r.labels.get(k, "unknown") for k in labels)
             start = r.time - r.time % ds.period_s
             buckets.setdefault(group, {}).setdefault(start, []).append(r.value)
-        q = _percentile_of(ds)
-        return [Series(_series_name(spec, ds, g), [(t, _aggregate(v, ds.aligner, q)) for t, v in sorted(b.items())])
+        return [Series(_series_name(spec, ds, g), [(t, _aggregate(v, ds)) for t, v in sorted(b.items())])
                 for g, b in sorted(buckets.items())]
 
     def _rtfx(self, spec: ChartSpec, ds: Dataset, records: list[Record], labels: list[str]) -> list[Series]:
