@@ -100,18 +100,10 @@ def process(rig: Rig, engine: Any, cfg: Any, segmenter: Any = None) -> dict[str,
 
 
 def energy_vad(samples: np.ndarray) -> Any:
-    """A stand-in VAD: 32-ms windows louder than -40 dBFS are speech (Silero needs faster-whisper's weights)."""
-    from parascribe.asr.segments import Speech
+    """A stand-in VAD (Silero needs faster-whisper's weights): ``tests.stand_in_vad.loud_windows``."""
+    from tests.stand_in_vad import loud_windows
 
-    n = len(samples) // 512
-    rms = np.sqrt(np.mean(samples[: n * 512].reshape(n, 512) ** 2, axis=1)) if n else np.zeros(0)
-    regions: list[tuple[int, int]] = []
-    for i in np.flatnonzero(rms > 0.01).tolist():
-        if regions and regions[-1][1] == i * 512:
-            regions[-1] = (regions[-1][0], (i + 1) * 512)
-        else:
-            regions.append((i * 512, (i + 1) * 512))
-    return Speech(regions=regions)
+    return loud_windows(samples)
 
 
 def speechy_file(seconds: float = 40.0) -> np.ndarray:

@@ -15,7 +15,7 @@ import soundfile as sf
 from parascribe import names
 from parascribe.asr import units
 from parascribe.asr.batch import BatchProcessor
-from parascribe.asr.segments import Segmenter, Span, Speech
+from parascribe.asr.segments import Segmenter, Speech
 from parascribe.audio import SAMPLE_RATE
 from parascribe.config import load_settings
 from parascribe.contracts import AudioInfo, ChunkResult, ChunkSpec, ChunkTask, EngineName, JobSummary, SourceRef, Word
@@ -28,6 +28,7 @@ from parascribe.merger.formats import NO_SPEECH_NOTE, to_json
 from parascribe.merger.stitch import Transcript
 from parascribe.merger.summary import summarise
 from tests.fakes import MemoryStore, RecordingPublisher
+from tests.stand_in_vad import loud_windows
 
 SR = SAMPLE_RATE
 # (start, end) seconds of "speech" (a loud tone) in a 40 s file; 18-40 s is silent apart from 30-31 s.
@@ -54,19 +55,6 @@ class LengthEngine:
                                     for k in range(int(c.duration_s))], text="x") for c in batch]
 
     def close(self) -> None: ...
-
-
-def loud_windows(samples: np.ndarray) -> Speech:
-    """A stand-in VAD: 32 ms windows louder than -40 dBFS are speech."""
-    n = len(samples) // 512
-    rms = np.sqrt(np.mean(samples[: n * 512].reshape(n, 512) ** 2, axis=1)) if n else np.zeros(0)
-    regions: list[Span] = []
-    for i in np.flatnonzero(rms > 0.01).tolist():
-        if regions and regions[-1][1] == i * 512:
-            regions[-1] = (regions[-1][0], (i + 1) * 512)
-        else:
-            regions.append((i * 512, (i + 1) * 512))
-    return Speech(regions=regions)
 
 
 def wav() -> bytes:
