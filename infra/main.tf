@@ -42,9 +42,12 @@ locals {
   }, var.service_env)
   env_webhook = { for name, value in { CONVEX_WEBHOOK_URL = var.convex_webhook_url } : name => value if value != "" }
   env = {
-    # The planner's GPU capacity: the worker pool's fixed count, or the service's maximum.
+    # The planner's capacity: the GPU worker pool's fixed count (or the service's maximum), and the
+    # Deepgram path's requests in flight, instances x concurrency, as run.tf deploys them.
     router = merge(local.env_common, {
-      GPU_MAX_INSTANCES = tostring(var.asr_worker_mode == "worker_pool" ? var.asr_worker_instances : var.asr_worker_max_instances)
+      GPU_MAX_INSTANCES        = tostring(var.asr_worker_mode == "worker_pool" ? var.asr_worker_instances : var.asr_worker_max_instances)
+      DEEPGRAM_MAX_INSTANCES   = tostring(local.deepgram_max_instances)
+      DEEPGRAM_MAX_CONCURRENCY = tostring(var.deepgram_worker_concurrency)
     })
     asr_worker = merge(local.env_common, {
       ASR_ENGINE              = "parakeet"

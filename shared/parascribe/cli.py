@@ -8,7 +8,8 @@ The forms below are a public interface; keep them stable:
     parascribe env                      (eval "$(parascribe env)": gcloud and the Google clients use the stack)
     parascribe metrics                  parascribe webhook redeliver JOB_ID
     parascribe console [--no-open]
-    parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--method M]
+    parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--deepgram-queue N]
+                    [--method M]
                     [--language L] [--json]
     parascribe costs [--since 30d] [--json]
     parascribe deepgram-server          parascribe names --json
@@ -360,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--duration", type=float, metavar="HOURS")
     pl.add_argument("--deadline-minutes", type=float, dest="deadline_minutes")
     pl.add_argument("--backlog-seconds", type=float, dest="backlog_seconds", help="audio already queued for the GPU")
+    pl.add_argument("--deepgram-queue", type=int, dest="deepgram_queue", metavar="N",
+                    help="Deepgram requests already queued or in flight, a chunk each")
     pl.add_argument("--method", choices=["auto", "gpu", "deepgram", "hybrid"])
     pl.add_argument("--language", type=_language, help="the spoken language (the GPU transcribes English only)")
     pl.add_argument("--spent-usd", type=float, dest="spent_usd",

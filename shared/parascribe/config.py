@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     deepgram_diarize: bool = False
     deepgram_timeout_seconds: float = Field(300.0, gt=0)
     deepgram_max_concurrency: int = Field(16, ge=1, le=100)
+    deepgram_max_instances: int = Field(1, ge=1, le=100)
+    """Deepgram worker instances at most: with DEEPGRAM_MAX_CONCURRENCY, the requests the planner's Deepgram path
+    holds in flight at once. Terraform sets both on the router from what it deploys."""
 
     # --- sweeper: ends jobs past their deadline plus a grace period ---
     sweep_grace_minutes: float = Field(30.0, gt=0)

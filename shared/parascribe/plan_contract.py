@@ -69,6 +69,11 @@ class PlanExplanation(Value):
     gpu_rtfx: float = Field(default=1.0, gt=0)
     speech_ratio: float = Field(default=1.0, gt=0, le=1)
     gpu_startup_s: float = Field(default=0.0, ge=0)
+    deepgram_queued_requests: int = Field(default=0, ge=0)
+    """Requests queued or in flight on the Deepgram path when the job was planned; they go first."""
+    deepgram_queued_audio_s: float = Field(default=0.0, ge=0)
+    deepgram_slots: int = Field(default=1, ge=1)
+    """Requests the Deepgram path holds in flight at once (DEEPGRAM_MAX_INSTANCES × DEEPGRAM_MAX_CONCURRENCY)."""
     finish_s: float = Field(default=0.0, ge=0)
     meets_deadline: bool = True
     cost_usd: float = 0.0

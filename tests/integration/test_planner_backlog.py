@@ -48,7 +48,7 @@ from parascribe.merger.service import Merger
 from parascribe.merger.webhook import WebhookNotifier, WebhookOptions
 from parascribe.router.capacity import StateBucketLoad, capacity_from_settings
 from parascribe.router.events import PUBSUB_PUBLISHED
-from parascribe.router.planner import plan_chunks
+from parascribe.router.planner import PlannerOptions, plan_chunks
 from parascribe.router.service import Router
 from tests.fakes import RecordingExporter
 from tests.integration.test_router import Tap, job_id_of, sine_wav, upload_and_get_notification
@@ -208,3 +208,27 @@ def test_with_the_gpu_queue_full_and_a_tight_deadline_the_upload_is_split(rig: R
     # The ledger counts the job's spill and why (what `parascribe costs` reports).
     [entry] = [e for e in Ledger(rig.store, rig.jobs.bucket).entries(month_of()) if e.job_id == job_id]
     assert entry.spilled == {"backlog": 2} and entry.chunks == {"gpu": 2, "deepgram": 2}
+
+
+def test_with_deepgram_backed_up_too_the_upload_keeps_more_chunks_on_the_gpu(rig: Rig, taps: dict[str, Tap]) -> None:
+    # The same 45 s GPU queue, and 30 full rounds of 15 s requests ahead on Deepgram's shared request slots:
+    # each takes 3 + 15/60 = 3.25 s, so Deepgram has no slot free for 97.5 s, past the 90 s deadline.
+    slots = PlannerOptions.from_settings(rig.settings).deepgram_slots
+    queue_gpu_work(rig.jobs, "jother-a", "GGGD", done=frozenset({0}))
+    queue_gpu_work(rig.jobs, "jother-b", "G")
+    queue_gpu_work(rig.jobs, "jother-dg", "D" * (30 * slots))
+    load = StateBucketLoad(rig.jobs).load()
+    assert load.backlog_audio_s == pytest.approx(45.0) and len(load.deepgram_queue) == 30 * slots + 1
+
+    job_id, gpu, deepgram = route(rig, taps)
+    manifest = rig.jobs.manifest(job_id)
+    assert manifest is not None and manifest.plan is not None
+    plan = manifest.plan
+    # No plan meets the deadline now; the fastest is one chunk on Deepgram after the queue (97.5 + 3.25 s),
+    # with the GPU's three done at 45 + 46.5 s. Idle, Deepgram took two (the test above).
+    assert [c.path for c in manifest.chunks] == ["gpu", "gpu", "gpu", "deepgram"]
+    assert len(gpu) == 3 and [t.chunk.index for t in deepgram] == [3]
+    assert not plan.meets_deadline and plan.finish_s == pytest.approx(30 * 3.25 + 3 + 15.5 / 60, abs=1e-3)  # the last chunk decodes 15.5 s
+    assert (plan.deepgram_queued_requests, plan.deepgram_slots) == (30 * slots + 1, slots)
+    assert f"{30 * slots + 1} requests already queued for Deepgram" in plan.summary
+    assert transcribe_and_stitch(rig, job_id, gpu + deepgram) == [w.text for w in SCRIPT]

@@ -1,6 +1,8 @@
-"""The GPU path's backlog and capacity as planner inputs, and the plans they lead to."""
+"""Both paths' load and capacity as planner inputs (the GPU backlog, the Deepgram queue), and the plans they lead to."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -12,8 +14,8 @@ from parascribe.jobs import JobStore
 from parascribe.router.capacity import (
     Capacity,
     GpuCapacity,
-    GpuLoad,
     MonitoringLoad,
+    PathLoad,
     StateBucketLoad,
     asr_service_name,
 )
@@ -83,6 +85,41 @@ def test_backlog_pushes_the_fewest_chunks_to_deepgram() -> None:
     assert why.spill_reason == "deadline"
 
 
+def dg_cap(requests: int, backlog_s: float = 0.0, audio_s: float = 600.0) -> Capacity:
+    """``cap`` with ``requests`` Deepgram requests of ``audio_s`` each already queued or in flight."""
+    return replace(cap(backlog_s=backlog_s), deepgram_queue=(audio_s,) * requests)
+
+
+def test_the_deepgram_queue_goes_first_on_the_shared_request_slots() -> None:
+    s = cfg()  # 16 slots; a 10-minute chunk takes Deepgram 3 + 10 s
+    whole = [c.model_copy(update={"path": "deepgram"}) for c in make_plan(HOUR, s, "gpu", HOUR).chunks]
+    assert estimate_finish_s(whole, s, cap()) == pytest.approx(13)  # 6 chunks, one wave
+    assert estimate_finish_s(whole, s, dg_cap(16)) == pytest.approx(26)  # a full pool ahead: one wave later
+    assert estimate_finish_s(whole, s, dg_cap(11)) == pytest.approx(26)  # 5 slots free: the sixth chunk waits
+    assert estimate_finish_s(whole, s, dg_cap(10)) == pytest.approx(13)
+    # Four instances of 16: 64 slots take the same queue and the job in one wave.
+    assert estimate_finish_s(whole, cfg(deepgram_max_instances=4), dg_cap(58)) == pytest.approx(13)
+    # Unequal requests: each chunk takes the first slot to come free, not a whole wave's.
+    one = cfg(deepgram_max_concurrency=1)
+    assert estimate_finish_s(whole[:1], one, dg_cap(1, audio_s=6000)) == pytest.approx(3 + 100 + 13)
+
+
+def test_a_busy_deepgram_path_keeps_chunks_on_the_gpu_and_the_plan_says_why() -> None:
+    s = cfg()
+    # The GPU's backlog makes the 300 s deadline need Deepgram for 6 chunks while Deepgram is idle.
+    assert paths(make_plan(6 * HOUR, s, "auto", 300, capacity=cap(backlog_s=150 * 120)).chunks) == "G" * 30 + "D" * 6
+    # With 16 × 30 requests ahead, Deepgram cannot meet it either: the fastest plan is taken, and it knows.
+    busy = dg_cap(16 * 30, backlog_s=150 * 120)
+    plan, why = plan_job(6 * HOUR, s, "auto", 300, busy)
+    assert paths(plan.chunks) == "G" * 36 and not plan.meets_deadline
+    assert plan.estimated_finish_s == pytest.approx(60 + 120 + 36 * 4)  # sooner than any Deepgram chunk: 30 × 13 + 13
+    assert why.deepgram_queued_requests == 480 and why.deepgram_queued_audio_s == 480 * 600.0
+    assert why.deepgram_slots == 16
+    assert "480 requests already queued for Deepgram" in why.summary
+    _, idle = plan_job(6 * HOUR, s, "auto", 300, cap(backlog_s=150 * 120))
+    assert "queued for Deepgram" not in idle.summary and idle.deepgram_queued_requests == 0
+
+
 def test_more_gpu_instances_absorb_the_same_backlog() -> None:
     plan = make_plan(6 * HOUR, cfg(), "auto", deadline_s=300, capacity=cap(backlog_s=150 * 120, instances=3))
     assert paths(plan.chunks) == "G" * 36
@@ -137,7 +174,7 @@ def test_cost_optimization_off_keeps_the_hybrid_policy() -> None:
 class _Failing:
     name = "broken"
 
-    def load(self) -> GpuLoad:
+    def load(self) -> PathLoad:
         raise ConnectionError("state bucket unreachable")
 
 
@@ -154,19 +191,19 @@ def test_a_failed_source_degrades_to_the_old_assumption_and_the_plan_says_so() -
 class _Counting:
     name = "counting"
 
-    def __init__(self, load: GpuLoad) -> None:
+    def __init__(self, load: PathLoad) -> None:
         self.calls = 0
         self._load = load
 
-    def load(self) -> GpuLoad:
+    def load(self) -> PathLoad:
         self.calls += 1
         return self._load
 
 
 def test_reads_are_cached_and_the_larger_backlog_wins() -> None:
     now = [0.0]
-    bucket = _Counting(GpuLoad(600.0, 1, "state-bucket"))
-    monitoring = _Counting(GpuLoad(1200.0, 3, "cloud-monitoring"))
+    bucket = _Counting(PathLoad(600.0, 1, "state-bucket"))
+    monitoring = _Counting(PathLoad(1200.0, 3, "cloud-monitoring"))
     gpu = GpuCapacity([bucket, monitoring], 2, 150.0, 60.0, 0.8, cache_s=5, clock=lambda: now[0])
     first = gpu.capacity()
     assert (first.backlog_audio_s, first.running_instances, first.source) == (1200.0, 2, "state-bucket+cloud-monitoring")
@@ -193,7 +230,7 @@ def test_the_state_bucket_backlog_is_the_open_jobs_gpu_chunks_without_a_result()
     from parascribe.contracts import ChunkResult, FinalOutcome, utcnow
 
     jobs = JobStore(MemoryStore(), "state")
-    assert StateBucketLoad(jobs).load() == GpuLoad(0.0, None, "state-bucket")
+    assert StateBucketLoad(jobs).load() == PathLoad(0.0, None, "state-bucket")
     for job, routes in (("ja", "GGGD"), ("jb", "GG"), ("jc", "GGG")):
         jobs.create_manifest(_manifest(job, routes))
         jobs.mark_open(job)
@@ -203,12 +240,38 @@ def test_the_state_bucket_backlog_is_the_open_jobs_gpu_chunks_without_a_result()
     load = StateBucketLoad(jobs).load()
     assert load.backlog_audio_s == pytest.approx(2 * 600 + 2 * 600)  # ja: chunks 1, 2; jb: both; jc has failed
     assert load.running_instances == 1
+    assert load.deepgram_queue == (600.0,)  # ja's chunk 3
+
+
+def test_the_state_bucket_lists_each_open_deepgram_request() -> None:
+    from parascribe.contracts import ChunkResult
+
+    jobs = JobStore(MemoryStore(), "state")
+    for job, routes in (("jd", "DDD"), ("je", "GD")):
+        jobs.create_manifest(_manifest(job, routes))
+        jobs.mark_open(job)
+    jobs.put_chunk_result(ChunkResult(job_id="jd", chunk_index=1, n_chunks=3, engine="deepgram", path="deepgram",
+                                      audio_seconds=600, processing_seconds=12))
+    load = StateBucketLoad(jobs).load()
+    assert (load.backlog_audio_s, load.running_instances) == (600.0, 1)
+    assert sorted(load.deepgram_queue) == [600.0, 600.0, 600.0]  # jd: chunks 0 and 2; je: chunk 1
+    only_deepgram = JobStore(MemoryStore(), "state")
+    only_deepgram.create_manifest(_manifest("jf", "D"))
+    only_deepgram.mark_open("jf")
+    assert StateBucketLoad(only_deepgram).load() == PathLoad(0.0, None, "state-bucket", (600.0,))
+
+
+def test_the_longer_deepgram_queue_of_two_sources_wins() -> None:
+    bucket = _Counting(PathLoad(0.0, None, "state-bucket", (600.0,) * 4))
+    monitoring = _Counting(PathLoad(0.0, 1, "cloud-monitoring", (600.0,) * 9))
+    got = GpuCapacity([bucket, monitoring], 1, 150.0, 60.0, 1.0, cache_s=5).capacity()
+    assert got.deepgram_queue == (600.0,) * 9 and got.deepgram_queued_audio_s == 5400.0
 
 
 class _Reader:
-    def __init__(self, messages: float | None, instances: float | None) -> None:
+    def __init__(self, messages: float | None, instances: float | None, deepgram: float | None = None) -> None:
         self.filters: list[str] = []
-        self._values = [messages, instances]
+        self._values = [messages, instances, deepgram]
 
     def latest(self, filter_: str, within_s: float) -> float | None:
         self.filters.append(filter_)
@@ -216,10 +279,13 @@ class _Reader:
 
 
 def test_monitoring_converts_messages_to_audio_seconds() -> None:
-    reader = _Reader(12, 2)
+    reader = _Reader(12, 2, 3)
     load = MonitoringLoad(reader, chunk_seconds=600.0).load()
-    assert load == GpuLoad(12 * 600.0, 2, "cloud-monitoring")
+    assert load == PathLoad(12 * 600.0, 2, "cloud-monitoring", (600.0, 600.0, 600.0))
     assert 'subscription_id="asr-gpu-pull"' in reader.filters[0]
     assert f'service_name="{asr_service_name()}"' in reader.filters[1] and asr_service_name() == "asr-worker"
+    assert 'subscription_id="asr-deepgram-push"' in reader.filters[2]
+    assert MonitoringLoad(_Reader(1, 1, None), chunk_seconds=600.0).load().deepgram_queue == (), \
+        "no Deepgram series in the window: nothing queued there"
     with pytest.raises(LookupError):
         MonitoringLoad(_Reader(None, 1), chunk_seconds=600.0).load()

@@ -25,6 +25,7 @@ import pytest
 
 from parascribe import metric_names, names
 from parascribe.config import Settings, load_settings
+from parascribe.router.planner import PlannerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -469,6 +470,9 @@ def test_deepgram_instances_times_concurrency_within_limit(
     out = tf_eval(deepgram_worker_concurrency=concurrency)
     assert 1 <= out["deepgram_max_instances"] * concurrency <= 100
     assert out["env"]["deepgram_worker"]["DEEPGRAM_MAX_CONCURRENCY"] == str(concurrency)
+    # The planner's Deepgram path holds as many requests in flight as the deployed workers do.
+    router = PlannerOptions.from_settings(load_settings(**{k.lower(): v for k, v in out["env"]["router"].items()}))
+    assert router.deepgram_slots == out["deepgram_max_instances"] * concurrency
 
 
 def test_variable_validation_rejects_bad_input(tf_eval: Callable[..., dict[str, Any]]) -> None:

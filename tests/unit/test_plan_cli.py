@@ -44,6 +44,19 @@ def test_plan_with_a_backlog_spills_to_deepgram_and_says_why(capsys: pytest.Capt
     assert doc["backlog_audio_s"] == 90000 and paths.count("gpu") == 18
 
 
+def test_a_queue_on_deepgram_delays_the_chunks_spilled_there(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--duration", "6", "--deadline-minutes", "10", "--backlog-seconds", "90000"]
+    idle = run_plan(capsys, *base)
+    # 2,000 requests of 10 minutes ahead, 16 at a time, 13 s each: Deepgram is 27 minutes out.
+    busy = run_plan(capsys, *base, "--deepgram-queue", "2000")
+    assert (busy["deepgram_queued_requests"], busy["deepgram_slots"]) == (2000, 16)
+    assert busy["deepgram_queued_audio_s"] == 2000 * 600
+    assert busy["finish_s"] > idle["finish_s"] and busy["meets_deadline"] is False  # type: ignore[operator]
+    paths = [c["path"] for c in busy["chunks"]]  # type: ignore[attr-defined]
+    assert paths == ["gpu"] * 36, "nothing meets the deadline: the fastest plan avoids the queue"
+    assert "2000 requests already queued for Deepgram" in str(busy["summary"])
+
+
 def test_plan_honours_the_method(capsys: pytest.CaptureFixture[str]) -> None:
     doc = run_plan(capsys, "--duration", "1", "--method", "deepgram")
     assert doc["whole_file"] is True and doc["spill_reason"] == "method" and doc["savings_usd"] == 0

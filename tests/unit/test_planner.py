@@ -60,14 +60,16 @@ def paths(plan: list[PlannedChunk]) -> str:
 def test_options_take_what_the_planner_reads_from_the_settings() -> None:
     s = load_settings(chunk_duration_minutes=5, chunk_overlap_seconds=1.5, gpu_expected_rtfx=120, gpu_startup_seconds=30,
                       deepgram_expected_rtfx=50, deepgram_request_overhead_seconds=2, deepgram_max_concurrency=8,
-                      enable_gpu_transcription=True, enable_fallback=False, cost_optimization=False,
+                      deepgram_max_instances=3, enable_gpu_transcription=True, enable_fallback=False, cost_optimization=False,
                       expected_speech_ratio=0.7, gpu_max_instances=3)
     assert PlannerOptions.from_settings(s) == PlannerOptions(
         chunk_seconds=300.0, chunk_overlap_seconds=1.5, enable_gpu_transcription=True, enable_fallback=False,
         cost_optimization=False, gpu_expected_rtfx=120.0, gpu_startup_seconds=30.0,
         expected_speech_ratio=0.7, gpu_max_instances=3, deepgram_expected_rtfx=50.0,
-        deepgram_request_overhead_seconds=2.0, deepgram_max_concurrency=8, prices=Prices.from_settings(s),
+        deepgram_request_overhead_seconds=2.0, deepgram_max_concurrency=8, deepgram_max_instances=3,
+        prices=Prices.from_settings(s),
     )
+    assert PlannerOptions.from_settings(s).deepgram_slots == 24
 
 
 # --- chunks ---

@@ -1,10 +1,11 @@
-"""What the GPU path already has to do, and how fast it can do it: planner inputs.
+"""What each path already has to do, and how fast it can do it: planner inputs.
 
 Where the backlog comes from
     The primary source is the state bucket, everywhere (:class:`StateBucketLoad`): the
     open-job index (``open/<job_id>``) lists the jobs in progress, their manifests say
     which chunks were planned on the GPU, and the stored chunk results say which are
-    done. What is left is the audio queued or in flight on the GPU path. It needs no
+    done. What is left is the audio queued or in flight on each path: on the GPU as
+    audio seconds, on Deepgram as one entry per request (a chunk, or a whole file). It needs no
     API beyond the bucket the router already writes, so it works unchanged on the
     local stack (fake-gcs-server has no Monitoring API) and in GCP, and it counts
     audio seconds exactly rather than messages.
@@ -13,8 +14,10 @@ Where the backlog comes from
     subscription's ``num_undelivered_messages`` (× the chunk length, for messages the
     bucket cannot see, such as fallbacks rerouted to the GPU) and the worker's
     ``run.googleapis.com/container/instance_count``, so instances already running
-    start no cold. The larger backlog of the two wins: planning for too much work
-    spills a chunk to Deepgram, planning for too little misses a deadline.
+    start no cold; and the Deepgram subscription's ``num_undelivered_messages``
+    (delivered but not yet acknowledged included), × the chunk length. The larger
+    backlog of the two wins on each path: planning for too much work spills a chunk
+    to the other path, planning for too little misses a deadline.
 
     Why not the ASR worker's health endpoint: in GCP the router cannot reach a worker
     pool's instances, and one instance knows only its own queue, not Pub/Sub's.
@@ -29,6 +32,8 @@ Capacity
     the speech its VAD finds) over ``GPU_EXPECTED_RTFX``, shared by up to
     ``GPU_MAX_INSTANCES`` instances; the ones not running start after
     ``GPU_STARTUP_SECONDS``. A job is never done before one of its chunks could be.
+    The Deepgram path is a pool of requests in flight; the planner schedules its
+    queue and then the job's chunks on it (``parascribe.router.planner``).
 """
 
 from __future__ import annotations
@@ -53,18 +58,21 @@ _OPEN_JOBS_READ = 2000
 
 
 @dataclass(frozen=True)
-class GpuLoad:
-    """What a source saw: audio seconds queued or in flight on the GPU path, and instances running."""
+class PathLoad:
+    """What a source saw: audio queued or in flight on each path, and GPU instances running."""
 
     backlog_audio_s: float
+    """On the GPU path, in audio seconds."""
     running_instances: int | None
-    """None when the source cannot tell."""
+    """GPU instances; None when the source cannot tell."""
     source: str
+    deepgram_queue: tuple[float, ...] = ()
+    """On the Deepgram path: the audio seconds of each request queued or in flight."""
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """The GPU path as the planner sees it for one job."""
+    """Both paths as the planner sees them for one job: the GPU's backlog and speed, Deepgram's queue."""
 
     backlog_audio_s: float
     running_instances: int
@@ -75,6 +83,8 @@ class Capacity:
     source: str = ASSUMED
     degraded: str | None = None
     """Why the real backlog is unknown (the plan then uses the old assumption)."""
+    deepgram_queue: tuple[float, ...] = ()
+    """Audio seconds of each request queued or in flight on the Deepgram path, oldest first."""
 
     @classmethod
     def assumed(cls, rtfx: float, startup_s: float, speech_ratio: float = 1.0,
@@ -103,8 +113,12 @@ class Capacity:
         return max(fluid, one_chunk)
 
     def with_backlog(self, backlog_audio_s: float) -> Capacity:
-        """The same capacity with another backlog (``parascribe plan --backlog-seconds``, replays)."""
+        """The same capacity with another GPU backlog (the idle comparison behind ``spill_reason``)."""
         return replace(self, backlog_audio_s=max(0.0, backlog_audio_s), source="given", degraded=None)
+
+    @property
+    def deepgram_queued_audio_s(self) -> float:
+        return sum(self.deepgram_queue)
 
 
 class LoadSource(Protocol):
@@ -112,11 +126,11 @@ class LoadSource(Protocol):
 
     name: str
 
-    def load(self) -> GpuLoad: ...
+    def load(self) -> PathLoad: ...
 
 
 class StateBucketLoad:
-    """The GPU chunks of open jobs that have no stored result yet (see the module docstring)."""
+    """The chunks of open jobs that have no stored result yet, by path (see the module docstring)."""
 
     name = "state-bucket"
 
@@ -124,20 +138,20 @@ class StateBucketLoad:
         self._jobs = jobs
         self._max_jobs = max_jobs
 
-    def load(self) -> GpuLoad:
-        total = 0.0
+    def load(self) -> PathLoad:
+        gpu = 0.0
+        deepgram: list[float] = []
         for job_id in self._jobs.open_jobs()[: self._max_jobs]:
             manifest = self._jobs.manifest(job_id)
             if manifest is None:
                 continue
-            gpu = {c.index: c.duration_s for c in manifest.chunks if c.path == "gpu"}
-            if not gpu:
-                continue
-            left = [d for i, d in gpu.items() if i not in self._jobs.chunk_indices(job_id)]
+            done = self._jobs.chunk_indices(job_id)
+            left = [c for c in manifest.chunks if c.index not in done]
             if left and not self._jobs.is_final(job_id):  # a failed job's chunks are skipped, not transcribed
-                total += sum(left)
+                gpu += sum(c.duration_s for c in left if c.path == "gpu")
+                deepgram += [c.duration_s for c in left if c.path == "deepgram"]
         # A worker with work is warm; the bucket cannot see idle instances.
-        return GpuLoad(total, 1 if total > 0 else None, self.name)
+        return PathLoad(gpu, 1 if gpu > 0 else None, self.name, tuple(deepgram))
 
 
 class TimeSeriesReader(Protocol):
@@ -180,7 +194,7 @@ def asr_service_name() -> str:
 
 
 class MonitoringLoad:
-    """The GPU subscription's backlog and the worker's instance count, from Cloud Monitoring."""
+    """Both subscriptions' backlogs and the GPU worker's instance count, from Cloud Monitoring."""
 
     name = "cloud-monitoring"
 
@@ -189,19 +203,24 @@ class MonitoringLoad:
         self._chunk_s = chunk_seconds
         self._window_s = window_s
 
-    def load(self) -> GpuLoad:
-        messages = self._reader.latest(
-            'metric.type="pubsub.googleapis.com/subscription/num_undelivered_messages" AND '
-            f'resource.type="pubsub_subscription" AND resource.label.subscription_id="{names.SUB_ASR_GPU}"',
-            self._window_s,
-        )
+    def load(self) -> PathLoad:
+        messages = self._undelivered(names.SUB_ASR_GPU)
         instances = self._reader.latest(
             f'metric.type="run.googleapis.com/container/instance_count" AND '
             f'resource.label.service_name="{asr_service_name()}"', self._window_s,
         )
         if messages is None:
             raise LookupError(f"no num_undelivered_messages for {names.SUB_ASR_GPU} in the last {self._window_s:.0f} s")
-        return GpuLoad(messages * self._chunk_s, None if instances is None else int(instances), self.name)
+        deepgram = self._undelivered(names.SUB_ASR_DEEPGRAM) or 0.0  # no series: nothing has queued there lately
+        return PathLoad(messages * self._chunk_s, None if instances is None else int(instances), self.name,
+                        (self._chunk_s,) * int(deepgram))
+
+    def _undelivered(self, subscription: str) -> float | None:
+        return self._reader.latest(
+            'metric.type="pubsub.googleapis.com/subscription/num_undelivered_messages" AND '
+            f'resource.type="pubsub_subscription" AND resource.label.subscription_id="{subscription}"',
+            self._window_s,
+        )
 
 
 class GpuCapacity:
@@ -236,7 +255,7 @@ class GpuCapacity:
             return result
 
     def _read(self) -> Capacity:
-        loads: list[GpuLoad] = []
+        loads: list[PathLoad] = []
         failures: list[str] = []
         for source in self._sources:
             try:
@@ -258,6 +277,7 @@ class GpuCapacity:
             speech_ratio=self._ratio,
             source="+".join(x.source for x in loads),
             degraded=None,
+            deepgram_queue=max((x.deepgram_queue for x in loads), key=sum),
         )
 
 

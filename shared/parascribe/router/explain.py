@@ -3,7 +3,9 @@
 A FILE is probed locally with :func:`parascribe.router.probe.probe` (ranged reads of the
 file, as the router reads an object), so no stack is needed. ``--duration HOURS``
 skips the probe. ``--backlog-seconds S`` plans as if S seconds of audio were already
-queued for the GPU; without it the queue is empty and no instance is running. The
+queued for the GPU; without it the queue is empty and no instance is running.
+``--deepgram-queue N`` plans as if N requests, a chunk each, were queued or in flight on
+the Deepgram path; without it Deepgram is idle. The
 budget is the configured ``MONTHLY_BUDGET_USD``; this command does not read the ledger,
 so the month's spend is unknown unless given (``spent_usd``: what-if, such as a spent budget).
 """
@@ -61,6 +63,7 @@ def plan_report(
     method: Method | None = None,
     spent_usd: float | None = None,
     language: str | None = None,
+    deepgram_queue: int | None = None,
 ) -> dict[str, Any]:
     """The plan for a file or a duration, as the JSON ``parascribe plan --json`` prints.
 
@@ -89,6 +92,7 @@ def plan_report(
         max_instances=settings.gpu_max_instances, rtfx=settings.gpu_expected_rtfx,
         startup_s=settings.gpu_startup_seconds, speech_ratio=settings.expected_speech_ratio,
         source="--backlog-seconds" if backlog_seconds is not None else "none given (empty queue)",
+        deepgram_queue=(settings.chunk_seconds,) * max(0, deepgram_queue or 0),
     )
     unknown = settings.monthly_budget_usd is not None and spent_usd is None
     budget = BudgetInput(settings.monthly_budget_usd, None if unknown else (spent_usd or 0.0),
@@ -114,6 +118,8 @@ def render(doc: dict[str, Any], as_json: bool) -> str:
         f"  gpu backlog   {doc['backlog_audio_s']:.0f} s of audio ({doc['backlog_source']}), "
         f"{doc['gpu_instances_running']} of {doc['gpu_max_instances']} instances running, "
         f"RTFx {doc['gpu_rtfx']:g}, speech {doc['speech_ratio']:.0%}",
+        f"  deepgram      {doc['deepgram_queued_requests']} requests queued ({doc['deepgram_queued_audio_s']:.0f} s "
+        f"of audio), {doc['deepgram_slots']} in flight at once",
         f"  finish        {doc['finish_s']:.0f} s ({'meets' if doc['meets_deadline'] else 'misses'} the deadline)",
         f"  cost          ${doc['cost_usd']:.4f}; all-Deepgram ${doc['deepgram_only_usd']:.4f}; "
         f"saves ${doc['savings_usd']:.4f}",
@@ -128,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         doc = plan_report(load_settings(), Path(args.file) if args.file else None, args.duration,
                           args.deadline_minutes, args.backlog_seconds, args.method, getattr(args, "spent_usd", None),
-                          getattr(args, "language", None))
+                          getattr(args, "language", None), getattr(args, "deepgram_queue", None))
     except (ValueError, PermanentError) as err:
         print(f"parascribe: {getattr(err, 'reason', err)}", file=sys.stderr)
         return 2

@@ -13,9 +13,9 @@ Estimates
       ``GPU_EXPECTED_RTFX``, shared by up to ``GPU_MAX_INSTANCES`` instances, those not
       running after ``GPU_STARTUP_SECONDS``. Without a capacity the planner assumes one
       GPU, not running, with nothing queued: ``GPU_STARTUP_SECONDS`` + speech / RTFx.
-    - Deepgram: chunks run in parallel, ``DEEPGRAM_MAX_CONCURRENCY`` at a time.
-      Each wave takes ``DEEPGRAM_REQUEST_OVERHEAD_SECONDS`` + (its longest chunk) /
-      ``DEEPGRAM_EXPECTED_RTFX``.
+    - Deepgram: :class:`parascribe.router.deepgram_slots.DeepgramSlots`: a pool of
+      ``DEEPGRAM_MAX_INSTANCES`` × ``DEEPGRAM_MAX_CONCURRENCY`` requests in flight,
+      shared by every job; the requests already queued go first.
     - A job is done when both paths are done. Costs come from
       :class:`parascribe.costs.Prices`. Deepgram bills the audio it is sent,
       overlap included. The GPU costs instance time for speech / RTFx; startup
@@ -72,6 +72,7 @@ from parascribe.contracts import AudioInfo, ChunkSpec, Method, PlannedChunk, Rou
 from parascribe.costs import Prices
 from parascribe.errors import PermanentError
 from parascribe.router.capacity import Capacity
+from parascribe.router.deepgram_slots import DeepgramSlots
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class PlannerOptions:
     deepgram_expected_rtfx: float
     deepgram_request_overhead_seconds: float
     deepgram_max_concurrency: int
+    deepgram_max_instances: int
     prices: Prices
 
     @classmethod
@@ -118,8 +120,14 @@ class PlannerOptions:
             deepgram_expected_rtfx=s.deepgram_expected_rtfx,
             deepgram_request_overhead_seconds=s.deepgram_request_overhead_seconds,
             deepgram_max_concurrency=s.deepgram_max_concurrency,
+            deepgram_max_instances=s.deepgram_max_instances,
             prices=Prices.from_settings(s),
         )
+
+    @property
+    def deepgram_slots(self) -> int:
+        """Requests the Deepgram path holds in flight at once, across its instances."""
+        return self.deepgram_max_instances * self.deepgram_max_concurrency
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,8 @@ def estimate_finish_s(plan: Sequence[PlannedChunk], options: PlannerOptions, cap
     """Seconds until both paths are done, by the estimates in the module docstring."""
     gpu = [c.duration_s for c in plan if c.path == "gpu"]
     deepgram = [c.duration_s for c in plan if c.path == "deepgram"]
-    return max(_capacity(options, capacity).finish_s(gpu), _deepgram_finish(deepgram, options))
+    paths = _capacity(options, capacity)
+    return max(paths.finish_s(gpu), _deepgram_slots(paths, options).finish_s(deepgram))
 
 
 def estimate_cost(plan: Sequence[PlannedChunk], options: PlannerOptions) -> float:
@@ -339,13 +348,9 @@ def _gpu_cost(audio_s: float, options: PlannerOptions) -> float:
     return options.prices.gpu_estimate(audio_s * options.expected_speech_ratio, options.gpu_expected_rtfx)
 
 
-def _deepgram_finish(durations: Sequence[float], options: PlannerOptions) -> float:
-    width = options.deepgram_max_concurrency
-    total = 0.0
-    for start in range(0, len(durations), width):
-        wave = durations[start : start + width]
-        total += options.deepgram_request_overhead_seconds + max(wave) / options.deepgram_expected_rtfx
-    return total
+def _deepgram_slots(capacity: Capacity, options: PlannerOptions) -> DeepgramSlots:
+    return DeepgramSlots(options.deepgram_slots, options.deepgram_request_overhead_seconds,
+                         options.deepgram_expected_rtfx, capacity.deepgram_queue)
 
 
 def _assign(chunks: Sequence[ChunkSpec], paths: Sequence[Route]) -> list[PlannedChunk]:
@@ -368,7 +373,8 @@ def _choose(
     if effective == "gpu":
         return _assign(chunks, ["gpu"] * n), effective
     prices = options.prices
-    gpu_path = _capacity(options, capacity)
+    now = _capacity(options, capacity)
+    deepgram_path = _deepgram_slots(now, options)
     durations = [c.duration_s for c in chunks]
     # A candidate is k (the GPU takes the first k chunks) or None (one whole-file Deepgram request).
     candidates: list[int | None]
@@ -383,7 +389,7 @@ def _choose(
     scored: list[tuple[float, float, int | None]] = []
     for k in candidates:
         gpu, deepgram = (durations[:k], durations[k:]) if k is not None else ([], [chunks[-1].core_end_s])
-        finish = max(gpu_path.finish_s(gpu), _deepgram_finish(deepgram, options))
+        finish = max(now.finish_s(gpu), deepgram_path.finish_s(deepgram))
         cost = sum(_gpu_cost(d, options) for d in gpu) + sum(map(prices.deepgram, deepgram))
         scored.append((finish, cost, k))
     if effective == "auto":  # never more than the whole file on Deepgram, when any plan can keep to that

@@ -90,7 +90,7 @@ def plan_job(
             forced = True
     spill: SpillReason = "language" if not gpu_ok else \
         _spill_reason(plan, options, requested, deadline_s, cap, size_bytes, audio)
-    return plan, explain(plan, requested, duration_s, deadline_s, cap, state, spill, forced, language)
+    return plan, explain(plan, options, requested, duration_s, deadline_s, cap, state, spill, forced, language)
 
 
 def _rejection(state: BudgetState, plan: Plan, gpu_off: bool, language: str | None = None) -> str:
@@ -134,7 +134,7 @@ def _span(seconds: float) -> str:
         else f"{seconds:.0f} s"
 
 
-def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float, cap: Capacity,
+def explain(plan: Plan, options: PlannerOptions, requested: Method, duration_s: float, deadline_s: float, cap: Capacity,
             budget: BudgetState, spill: SpillReason, forced_gpu: bool = False,
             language: str | None = None) -> PlanExplanation:
     """The explanation of ``plan``: one line and the numbers behind it."""
@@ -160,6 +160,9 @@ def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float,
         "language": f" (language {language}: the GPU transcribes English only)",
     }.get(spill, "")
     parts.append(where + why)
+    if cap.deepgram_queue:
+        parts.append(f"{len(cap.deepgram_queue)} requests already queued for Deepgram "
+                     f"({_span(cap.deepgram_queued_audio_s)} of audio, {options.deepgram_slots} at a time)")
     parts.append(f"done in ~{_span(plan.estimated_finish_s)} against a {_span(deadline_s)} deadline"
                  + ("" if plan.meets_deadline else " (misses it)"))
     parts.append(f"{_money(plan.estimated_cost_usd)} vs {_money(plan.estimated_deepgram_only_usd)} all-Deepgram "
@@ -188,6 +191,9 @@ def explain(plan: Plan, requested: Method, duration_s: float, deadline_s: float,
         gpu_rtfx=cap.rtfx,
         speech_ratio=cap.speech_ratio,
         gpu_startup_s=cap.startup_s,
+        deepgram_queued_requests=len(cap.deepgram_queue),
+        deepgram_queued_audio_s=round(cap.deepgram_queued_audio_s, 3),
+        deepgram_slots=options.deepgram_slots,
         finish_s=round(plan.estimated_finish_s, 3),
         meets_deadline=plan.meets_deadline,
         cost_usd=round(plan.estimated_cost_usd, 6),

@@ -180,6 +180,10 @@
       fact(facts, "Chunks", `${p.chunk_count} (${p.gpu_chunks} GPU, ${p.deepgram_chunks} Deepgram)`);
       fact(facts, "Why Deepgram", p.spill_reason === "none" ? null : p.spill_reason);
       fact(facts, "GPU backlog", `${Math.round(p.backlog_audio_s)} s of audio (${p.backlog_source})`);
+      fact(facts, "Deepgram queue", p.deepgram_queued_requests
+        ? `${p.deepgram_queued_requests} requests (${Math.round(p.deepgram_queued_audio_s)} s of audio), ` +
+          `${p.deepgram_slots} at a time`
+        : null);
       fact(facts, "Estimated cost", `${PS.fmtUsd(p.cost_usd)} (all-Deepgram ${PS.fmtUsd(p.deepgram_only_usd)})`);
       fact(facts, "Degraded", p.degraded);
     }
