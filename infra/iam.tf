@@ -66,8 +66,8 @@ locals {
   # Push targets: the router function's underlying Cloud Run service and the two push services.
   invoked_services = {
     router          = google_cloudfunctions2_function.router.name
-    deepgram_worker = google_cloud_run_v2_service.deepgram_worker.name
-    merger          = google_cloud_run_v2_service.merger.name
+    deepgram_worker = google_cloud_run_v2_service.http["deepgram_worker"].name
+    merger          = google_cloud_run_v2_service.http["merger"].name
   }
 }
 

@@ -1,5 +1,5 @@
 # Shared locals, APIs and the image registry. Each concern has its own file:
-# storage.tf, pubsub.tf, iam.tf, run.tf, functions.tf, monitoring.tf, outputs.tf.
+# storage.tf, pubsub.tf, iam.tf, run.tf, ingest.tf, functions.tf, scheduler.tf, monitoring.tf, outputs.tf.
 
 data "google_project" "this" {
   project_id = var.project_id

@@ -54,5 +54,5 @@ output "dashboard_id" {
 
 output "api_url" {
   description = "The API's base URL (POST /v1/jobs, GET /docs)."
-  value       = google_cloud_run_v2_service.api.uri
+  value       = google_cloud_run_v2_service.http["api"].uri
 }

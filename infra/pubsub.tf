@@ -14,8 +14,8 @@ locals {
   # Base URL of each push target; the subscription's push_path is appended.
   push_urls = {
     router          = google_cloudfunctions2_function.router.service_config[0].uri
-    deepgram_worker = google_cloud_run_v2_service.deepgram_worker.uri
-    merger          = google_cloud_run_v2_service.merger.uri
+    deepgram_worker = google_cloud_run_v2_service.http["deepgram_worker"].uri
+    merger          = google_cloud_run_v2_service.http["merger"].uri
   }
 }
 

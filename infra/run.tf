@@ -1,4 +1,4 @@
-# Cloud Run: the GPU ASR worker (pull), the Deepgram worker and the merger (push targets).
+# Cloud Run: the GPU ASR worker (pull); the Deepgram worker and the merger (push targets) and the API.
 
 locals {
   # instances x concurrency never exceeds Deepgram's per-project limit on concurrent requests.
@@ -133,43 +133,83 @@ resource "google_cloud_run_v2_service" "asr_worker" {
   depends_on = [google_project_service.apis, google_storage_bucket_iam_member.service]
 }
 
-# --- Deepgram worker: push target for asr-deepgram ----------------------------------
+# --- The HTTP services: the Deepgram worker, the merger and the API ---------------------
+# One shape, differing only in the values below; each scales from zero on requests and is
+# CPU-throttled between them. (The ASR and ingest workers pull, so they are always on.)
 
-resource "google_cloud_run_v2_service" "deepgram_worker" {
-  name                = local.service_names.deepgram_worker
-  location            = var.region
-  ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
-  deletion_protection = var.deletion_protection
-  labels              = var.labels
+locals {
+  http_services = {
+    # Push target for asr-deepgram. Instances x concurrency stays within Deepgram's per-project limit.
+    deepgram_worker = {
+      public        = false
+      cpu           = "1"
+      memory        = "1Gi"
+      concurrency   = var.deepgram_worker_concurrency
+      max_instances = local.deepgram_max_instances
+      timeout_s     = local.ack_deadline_s.deepgram_worker
+    }
+    # Push target for asr-results and the dead-letter topic; Cloud Scheduler calls its /sweep.
+    merger = {
+      public        = false
+      cpu           = "1"
+      memory        = "2Gi"
+      concurrency   = var.merger_concurrency
+      max_instances = var.merger_max_instances
+      timeout_s     = local.ack_deadline_s.merger
+    }
+    # The public API is reached from the internet with API keys, not Google identities, so the
+    # Cloud Run invoker check is off (invoker_iam_disabled; no allUsers grant, which domain-restricted
+    # sharing would refuse) and the Authorization header reaches the app, which checks it against
+    # API_KEY_HASHES.
+    api = {
+      public        = true
+      cpu           = "1"
+      memory        = "512Mi"
+      concurrency   = var.api_concurrency
+      max_instances = var.api_max_instances
+      timeout_s     = 60
+    }
+  }
+}
+
+resource "google_cloud_run_v2_service" "http" {
+  for_each = local.http_services
+
+  name                 = local.service_names[each.key]
+  location             = var.region
+  ingress              = each.value.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"
+  invoker_iam_disabled = each.value.public ? true : null
+  deletion_protection  = var.deletion_protection
+  labels               = var.labels
 
   template {
-    service_account                  = google_service_account.service["deepgram_worker"].email
-    timeout                          = "${local.ack_deadline_s.deepgram_worker}s"
-    max_instance_request_concurrency = var.deepgram_worker_concurrency
+    service_account                  = google_service_account.service[each.key].email
+    timeout                          = "${each.value.timeout_s}s"
+    max_instance_request_concurrency = each.value.concurrency
 
     scaling {
       min_instance_count = 0
-      max_instance_count = local.deepgram_max_instances
+      max_instance_count = each.value.max_instances
     }
 
     containers {
-      image = local.images.deepgram_worker
+      image = local.images[each.key]
       resources {
         limits = {
-          cpu    = "1"
-          memory = "1Gi"
+          cpu    = each.value.cpu
+          memory = each.value.memory
         }
         cpu_idle = true
       }
       dynamic "env" {
-        for_each = local.env.deepgram_worker
+        for_each = local.env[each.key]
         content {
           name  = env.key
           value = env.value
         }
       }
       dynamic "env" {
-        for_each = local.secret_env.deepgram_worker
+        for_each = local.secret_env[each.key]
         content {
           name = env.key
           value_source {
@@ -190,7 +230,7 @@ resource "google_cloud_run_v2_service" "deepgram_worker" {
 
   lifecycle {
     precondition {
-      condition     = local.deepgram_max_instances >= 1 && local.deepgram_max_instances * var.deepgram_worker_concurrency <= var.deepgram_concurrency_limit
+      condition     = each.key != "deepgram_worker" || (local.deepgram_max_instances >= 1 && local.deepgram_max_instances * var.deepgram_worker_concurrency <= var.deepgram_concurrency_limit)
       error_message = "Deepgram worker instances x concurrency must stay within deepgram_concurrency_limit."
     }
   }
@@ -198,60 +238,18 @@ resource "google_cloud_run_v2_service" "deepgram_worker" {
   depends_on = [google_project_service.apis, google_secret_manager_secret_iam_member.service]
 }
 
-# --- Merger: push target for asr-results and the dead-letter topic ------------------
+# Each service was once its own resource: keep their state, so applying this creates nothing anew.
+moved {
+  from = google_cloud_run_v2_service.deepgram_worker
+  to   = google_cloud_run_v2_service.http["deepgram_worker"]
+}
 
-resource "google_cloud_run_v2_service" "merger" {
-  name                = local.service_names.merger
-  location            = var.region
-  ingress             = "INGRESS_TRAFFIC_INTERNAL_ONLY"
-  deletion_protection = var.deletion_protection
-  labels              = var.labels
+moved {
+  from = google_cloud_run_v2_service.merger
+  to   = google_cloud_run_v2_service.http["merger"]
+}
 
-  template {
-    service_account                  = google_service_account.service["merger"].email
-    timeout                          = "${local.ack_deadline_s.merger}s"
-    max_instance_request_concurrency = var.merger_concurrency
-
-    scaling {
-      min_instance_count = 0
-      max_instance_count = var.merger_max_instances
-    }
-
-    containers {
-      image = local.images.merger
-      resources {
-        limits = {
-          cpu    = "1"
-          memory = "2Gi"
-        }
-        cpu_idle = true
-      }
-      dynamic "env" {
-        for_each = local.env.merger
-        content {
-          name  = env.key
-          value = env.value
-        }
-      }
-      dynamic "env" {
-        for_each = local.secret_env.merger
-        content {
-          name = env.key
-          value_source {
-            secret_key_ref {
-              secret  = google_secret_manager_secret.secrets[env.value].secret_id
-              version = "latest"
-            }
-          }
-        }
-      }
-      startup_probe {
-        http_get {
-          path = "/healthz"
-        }
-      }
-    }
-  }
-
-  depends_on = [google_project_service.apis, google_secret_manager_secret_iam_member.service]
+moved {
+  from = google_cloud_run_v2_service.api
+  to   = google_cloud_run_v2_service.http["api"]
 }

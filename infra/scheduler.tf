@@ -11,7 +11,7 @@ resource "google_service_account" "scheduler" {
 
 resource "google_cloud_run_v2_service_iam_member" "scheduler_invokes_merger" {
   location = var.region
-  name     = google_cloud_run_v2_service.merger.name
+  name     = google_cloud_run_v2_service.http["merger"].name
   role     = "roles/run.invoker"
   member   = google_service_account.scheduler.member
 }
@@ -32,14 +32,14 @@ resource "google_cloud_scheduler_job" "sweep" {
 
   http_target {
     http_method = "POST"
-    uri         = "${google_cloud_run_v2_service.merger.uri}/sweep"
+    uri         = "${google_cloud_run_v2_service.http["merger"].uri}/sweep"
     body        = base64encode("{}")
     headers = {
       "Content-Type" = "application/json"
     }
     oidc_token {
       service_account_email = google_service_account.scheduler.email
-      audience              = google_cloud_run_v2_service.merger.uri
+      audience              = google_cloud_run_v2_service.http["merger"].uri
     }
   }
 

@@ -172,10 +172,12 @@ def test_secrets_reach_services_only_through_secret_manager(hcl: dict[str, Any])
     assert {"DEEPGRAM_API_KEY", "CONVEX_WEBHOOK_SECRET"} <= secret_fields
     plain = json.dumps(hcl["locals"]["env"]) + hcl["locals"]["env_common"] + hcl["locals"]["env_webhook"]
     assert not any(f in plain for f in secret_fields)
-    for rname in ("deepgram_worker", "merger"):
-        containers = hcl["resource"][("google_cloud_run_v2_service", rname)]["template"][0]["containers"][0]
-        secret_env = [d["env"] for d in containers["dynamic"] if "secret_key_ref" in json.dumps(d)]
-        assert secret_env and secret_env[0]["for_each"] == f"${{local.secret_env.{rname}}}"
+    # Every HTTP service (the Deepgram worker, the merger, the API) takes its own secrets, by reference.
+    assert set(hcl["locals"]["http_services"]) == {"deepgram_worker", "merger", "api"}
+    containers = _http_service(hcl)["template"][0]["containers"][0]
+    secret_env = [d["env"] for d in containers["dynamic"] if "secret_key_ref" in json.dumps(d)]
+    assert secret_env and secret_env[0]["for_each"] == "${local.secret_env[each.key]}"
+    assert "${google_secret_manager_secret.secrets[env.value].secret_id}" in json.dumps(secret_env)
 
 
 def test_env_names_are_settings() -> None:
@@ -211,6 +213,13 @@ def _granted_to(hcl: dict[str, Any], member: str) -> dict[tuple[str, str], dict[
     """Every IAM resource whose member is ``member`` (a Terraform reference)."""
     return {key: body for key, body in hcl["resource"].items()
             if key[0].endswith("_iam_member") and body.get("member") == f"${{{member}}}"}
+
+
+def _http_service(hcl: dict[str, Any]) -> dict[str, Any]:
+    """The one resource behind the Deepgram worker, the merger and the API (``for_each`` over their shapes)."""
+    body: dict[str, Any] = hcl["resource"][("google_cloud_run_v2_service", "http")]
+    assert body["for_each"] == "${local.http_services}"
+    return body
 
 
 def _env_entries(hcl: dict[str, Any], service: str) -> dict[str, str]:
@@ -303,7 +312,7 @@ def test_sweeper_schedule_calls_the_merger_with_its_own_identity(hcl: dict[str, 
     grants = _granted_to(hcl, "google_service_account.scheduler.member")
     assert list(grants) == [("google_cloud_run_v2_service_iam_member", "scheduler_invokes_merger")]
     invoker = grants[("google_cloud_run_v2_service_iam_member", "scheduler_invokes_merger")]
-    assert invoker["role"] == "roles/run.invoker" and invoker["name"] == "${google_cloud_run_v2_service.merger.name}"
+    assert invoker["role"] == "roles/run.invoker" and invoker["name"] == '${google_cloud_run_v2_service.http["merger"].name}'
     assert "google_service_account.scheduler" not in json.dumps(
         {str(k): v for k, v in res.items() if k[0].startswith("google_project_iam")})
 
@@ -312,10 +321,10 @@ def test_sweeper_schedule_calls_the_merger_with_its_own_identity(hcl: dict[str, 
     assert job["region"] == "${var.region}"
     target = job["http_target"][0]
     assert target["http_method"] == "POST"
-    assert target["uri"] == "${google_cloud_run_v2_service.merger.uri}/sweep"
+    assert target["uri"] == '${google_cloud_run_v2_service.http["merger"].uri}/sweep'
     oidc = target["oidc_token"][0]
     assert oidc["service_account_email"] == "${google_service_account.scheduler.email}"
-    assert oidc["audience"] == "${google_cloud_run_v2_service.merger.uri}"
+    assert oidc["audience"] == '${google_cloud_run_v2_service.http["merger"].uri}'
     assert job["attempt_deadline"] == "${local.ack_deadline_s.merger}s", "no longer than the merger's request timeout"
     assert "${google_cloud_run_v2_service_iam_member.scheduler_invokes_merger}" in job["depends_on"]
 
@@ -329,9 +338,7 @@ def test_deepgram_worker_source_cache_fits_its_memory(hcl: dict[str, Any]) -> No
     env = _env_entries(hcl, "deepgram_worker")
     assert env["SOURCE_CACHE_MB"] == "tostring(var.deepgram_source_cache_mb)"
     cache_mb = hcl["variable"]["deepgram_source_cache_mb"]["default"]
-    limits = hcl["resource"][("google_cloud_run_v2_service", "deepgram_worker")]["template"][0]["containers"][0][
-        "resources"][0]["limits"]
-    memory_mb = {"1Gi": 1024, "2Gi": 2048}[limits["memory"]]
+    memory_mb = {"1Gi": 1024, "2Gi": 2048}[hcl["locals"]["http_services"]["deepgram_worker"]["memory"]]
     # /tmp is memory on Cloud Run: the cache must leave room for the requests in flight.
     assert cache_mb == 256 and cache_mb <= memory_mb // 4
     validation = hcl["variable"]["deepgram_source_cache_mb"]["validation"][0]["condition"]
@@ -340,14 +347,15 @@ def test_deepgram_worker_source_cache_fits_its_memory(hcl: dict[str, Any]) -> No
 
 def test_the_api_is_public_by_key_and_signs_as_itself(hcl: dict[str, Any]) -> None:
     res = hcl["resource"]
-    api = res[("google_cloud_run_v2_service", "api")]
+    http = _http_service(hcl)
     # Reached with API keys, not Google identities: no invoker check, and no allUsers grant anywhere.
-    assert api["invoker_iam_disabled"] is True and api["ingress"] == "INGRESS_TRAFFIC_ALL"
+    # The API is the one public service; the others take internal traffic and keep the invoker check.
+    assert {k for k, v in hcl["locals"]["http_services"].items() if v["public"]} == {"api"}
+    assert http["ingress"] == '${each.value.public ? "INGRESS_TRAFFIC_ALL" : "INGRESS_TRAFFIC_INTERNAL_ONLY"}'
+    assert http["invoker_iam_disabled"] == "${each.value.public ? true : null}"
     assert not re.search(r'member\s*=\s*"(allUsers|allAuthenticatedUsers)"', _tf_text())
-    assert api["template"][0]["service_account"] == '${google_service_account.service["api"].email}'
-    containers = api["template"][0]["containers"][0]
-    secret_env = [d["env"] for d in containers["dynamic"] if "secret_key_ref" in json.dumps(d)]
-    assert secret_env and secret_env[0]["for_each"] == "${local.secret_env.api}"
+    assert http["template"][0]["service_account"] == "${google_service_account.service[each.key].email}"
+    assert http["template"][0]["containers"][0]["image"] == "${local.images[each.key]}"
     assert hcl["locals"]["secrets"]["api_key_hashes"] == "api-key-hashes"
     grants = _granted_to(hcl, 'google_service_account.service["api"].member')
     assert {(k, b["role"]) for k, b in grants.items()} == {
@@ -405,7 +413,7 @@ def tf_eval(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str,
               for m in re.finditer(r"^locals \{\n.*?^\}\n", p.read_text(), re.S | re.M)]
     blocks = [b for b in blocks if not re.search(r"\b(google_\w+|data)\.", b)]
     wanted = ["env", "secret_env", "bucket_names", "service_names", "images", "ack_deadline_s",
-              "deepgram_max_instances", "pull_subscriptions", "dead_letter_subscription"]
+              "deepgram_max_instances", "pull_subscriptions", "dead_letter_subscription", "http_services"]
     output = "\n".join(f'output "{w}" {{\n  value = local.{w}\n}}' for w in wanted)
     (work / "eval.tf").write_text("\n".join(blocks) + "\n" + output + "\n")
     subprocess.run([tf, "init", "-input=false"], cwd=work, env=TF_ENV, check=True, capture_output=True, timeout=120)
@@ -473,6 +481,21 @@ def test_deepgram_instances_times_concurrency_within_limit(
     # The planner's Deepgram path holds as many requests in flight as the deployed workers do.
     router = PlannerOptions.from_settings(load_settings(**{k.lower(): v for k, v in out["env"]["router"].items()}))
     assert router.deepgram_slots == out["deepgram_max_instances"] * concurrency
+
+
+def test_http_services_evaluate_to_their_shapes_and_keep_their_state(
+        tf_eval: Callable[..., dict[str, Any]]) -> None:
+    out = tf_eval(deepgram_worker_concurrency=25, merger_max_instances=7, api_max_instances=3)
+    shapes = out["http_services"]
+    assert set(shapes) <= set(out["service_names"]) and set(shapes) <= set(out["images"])
+    assert shapes["deepgram_worker"] == {"public": False, "cpu": "1", "memory": "1Gi", "concurrency": 25,
+                                         "max_instances": 4, "timeout_s": out["ack_deadline_s"]["deepgram_worker"]}
+    assert (shapes["merger"]["max_instances"], shapes["merger"]["timeout_s"]) == (7, out["ack_deadline_s"]["merger"])
+    assert (shapes["api"]["public"], shapes["api"]["max_instances"], shapes["api"]["timeout_s"]) == (True, 3, 60)
+    # The three were separate resources before: a `moved` block for each keeps its state on apply.
+    moved = re.findall(r"moved \{\s*from = google_cloud_run_v2_service\.(\w+)\s*"
+                       r'to\s*= google_cloud_run_v2_service\.http\["(\w+)"\]\s*\}', _tf_text())
+    assert sorted(moved) == sorted((k, k) for k in shapes)
 
 
 def test_variable_validation_rejects_bad_input(tf_eval: Callable[..., dict[str, Any]]) -> None:
