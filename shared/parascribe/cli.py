@@ -5,6 +5,7 @@ The forms below are a public interface; keep them stable:
     parascribe up [--detach]            parascribe down
     parascribe submit FILE|URL... [--wait] [--json] [--method M] [--deadline-minutes N] [--language L]
     parascribe status [JOB_ID] [--json]  parascribe cancel ID [--json]
+    parascribe transcript ID [--format txt|json|srt|vtt|words.csv|segments.csv] [-o FILE]
     parascribe env                      (eval "$(parascribe env)": gcloud and the Google clients use the stack)
     parascribe metrics                  parascribe webhook redeliver JOB_ID
     parascribe console [--no-open]
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from google.auth.exceptions import DefaultCredentialsError
 
-from parascribe import names
+from parascribe import cli_submit, names
+from parascribe.api.models import TRANSCRIPT_FORMATS
 from parascribe.errors import ConfigError, ParascribeError
 
 if TYPE_CHECKING:
@@ -127,9 +129,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from parascribe.cli_submit import submit
-
-    return submit(args, _clients)
+    return cli_submit.submit(args, _clients)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -224,15 +224,6 @@ def cmd_env(args: argparse.Namespace) -> int:
         raise StackError("no local stack is running: start one with `parascribe up --detach`")
     for key, value in state.shell_env().items():
         print(f"export {key}={shlex.quote(value)}")
-    return 0
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    """``parascribe cancel ID``: through the API (the local stack's, or PARASCRIBE_API_URL)."""
-    from parascribe import sdk
-
-    answer = sdk.Job(sdk.connect(), args.job_id).cancel()
-    print(json.dumps(answer) if args.json else f"{args.job_id}: cancel requested; {answer.get('note')}")
     return 0
 
 
@@ -334,7 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cancel", help="cancel a job that has not ended (request id or job id)")
     ca.add_argument("job_id")
     ca.add_argument("--json", action="store_true")
-    ca.set_defaults(fn=cmd_cancel)
+    ca.set_defaults(fn=cli_submit.cancel)
+
+    tr = sub.add_parser("transcript", help="print or save one output of a done job (request id or job id)")
+    tr.add_argument("job_id")
+    tr.add_argument("--format", default="txt", choices=TRANSCRIPT_FORMATS, help="the output to fetch (default txt)")
+    tr.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead of standard output")
+    tr.set_defaults(fn=cli_submit.transcript)
 
     sub.add_parser("metrics", help="summarise the local stack's metrics").set_defaults(fn=cmd_metrics)
 

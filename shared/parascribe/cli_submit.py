@@ -1,4 +1,8 @@
-"""``parascribe submit``: local files are uploaded into the uploads bucket, URLs are sent to the API."""
+"""``parascribe submit``, ``cancel`` and ``transcript``: a job's life from the client side.
+
+``submit`` uploads local files into the uploads bucket and sends URLs to the API; ``cancel`` and
+``transcript`` go through the API (the local stack's, or ``PARASCRIBE_API_URL``).
+"""
 
 from __future__ import annotations
 
@@ -105,3 +109,26 @@ def _submit_files(args: argparse.Namespace, files: list[str],
             if text:
                 print(text.strip())
     return 1 if failed else 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    """``parascribe cancel ID``: through the API (the local stack's, or PARASCRIBE_API_URL)."""
+    from parascribe import sdk
+
+    answer = sdk.Job(sdk.connect(), args.job_id).cancel()
+    print(json.dumps(answer) if args.json else f"{args.job_id}: cancel requested; {answer.get('note')}")
+    return 0
+
+
+def transcript(args: argparse.Namespace) -> int:
+    """``parascribe transcript ID``: one output of a done job, to stdout or a file, through the API."""
+    from parascribe import sdk
+
+    data = sdk.Job(sdk.connect(), args.job_id).output(args.format)
+    if args.output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(args.output).write_bytes(data)
+        print(f"{args.job_id}: {args.format} written to {args.output} ({len(data):,} bytes)", file=sys.stderr)
+    return 0

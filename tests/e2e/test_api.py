@@ -23,6 +23,7 @@ from standardwebhooks.webhooks import Webhook
 
 import parascribe
 from parascribe import sdk
+from parascribe.gcp.storage import GcsStore
 from tests.e2e.conftest import Stack, words
 from tests.media import MediaServer, write_hls, write_mp4
 from tests.speech import speak
@@ -138,11 +139,22 @@ def test_python_transcribe_a_url_and_a_local_file(stack: Stack, media: str, tmp_
     assert wer(job.transcript().text) <= WER_LIMIT
 
 
-def test_the_cli_submits_a_url(stack: Stack, media: str) -> None:
+def test_the_cli_submits_a_url_and_fetches_its_outputs(stack: Stack, media: str, tmp_path: Path) -> None:
     proc = stack.cli("submit", "--wait", "--json", "--timeout", str(WAIT_S), f"{media}/river.mp4", timeout=WAIT_S + 60)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [record] = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert record["status"] == "done" and wer(record["text"]) <= WER_LIMIT
+    # The outputs, later, by request id or job id: to standard output, or to a file.
+    txt = stack.cli("transcript", record["request_id"], timeout=60)
+    assert txt.returncode == 0 and txt.stdout == record["text"], txt.stderr[-2000:]
+    bucket, _, name = record["outputs"]["srt"].removeprefix("gs://").partition("/")
+    state = json.loads((stack.home / "stack.json").read_text())
+    stored = GcsStore.create(state["project"], state["storage_host"]).read(bucket, name)
+    assert stored is not None
+    saved = tmp_path / "river.srt"
+    srt = stack.cli("transcript", record["job_id"], "--format", "srt", "-o", str(saved), timeout=60)
+    assert srt.returncode == 0 and saved.read_bytes() == stored.data and srt.stdout == ""
+    assert f"srt written to {saved}" in srt.stderr
 
 
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong-key"}, {"authorization": "Basic abc"}])
@@ -226,3 +238,5 @@ def test_a_job_cancelled_while_it_runs_ends_failed_once_with_the_reason(stack: S
     assert http.post(f"/v1/jobs/{job.id}/cancel").status_code == 409
     proc = stack.cli("cancel", job.id, timeout=60)
     assert proc.returncode == 1 and "has already ended: failed" in proc.stderr and "Traceback" not in proc.stderr
+    proc = stack.cli("transcript", job.id, timeout=60)
+    assert proc.returncode == 1 and "cancelled at the user's request" in proc.stderr and proc.stdout == ""

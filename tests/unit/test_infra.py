@@ -346,7 +346,6 @@ def test_deepgram_worker_source_cache_fits_its_memory(hcl: dict[str, Any]) -> No
 
 
 def test_the_api_is_public_by_key_and_signs_as_itself(hcl: dict[str, Any]) -> None:
-    res = hcl["resource"]
     http = _http_service(hcl)
     # Reached with API keys, not Google identities: no invoker check, and no allUsers grant anywhere.
     # The API is the one public service; the others take internal traffic and keep the invoker check.
