@@ -100,6 +100,9 @@ class SpendEntry(Contract):
     fallback_usd: float = 0.0
     backlog_audio_s: float = 0.0
     gpu_instances_running: int = 0
+    deepgram_queued_requests: int = 0
+    deepgram_queued_audio_s: float = 0.0
+    """The Deepgram queue the plan was made against, so a replay sees it too."""
 
 
 class SpendShard(Contract):
@@ -247,6 +250,8 @@ def entry_for(status: JobStatus, results: list[ChunkResult], manifest: JobManife
                                if r.path == "deepgram"), 6),
         backlog_audio_s=plan.backlog_audio_s if plan else 0.0,
         gpu_instances_running=plan.gpu_instances_running if plan else 0,
+        deepgram_queued_requests=plan.deepgram_queued_requests if plan else 0,
+        deepgram_queued_audio_s=plan.deepgram_queued_audio_s if plan else 0.0,
     )
 
 

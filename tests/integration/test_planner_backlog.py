@@ -232,3 +232,6 @@ def test_with_deepgram_backed_up_too_the_upload_keeps_more_chunks_on_the_gpu(rig
     assert (plan.deepgram_queued_requests, plan.deepgram_slots) == (30 * slots + 1, slots)
     assert f"{30 * slots + 1} requests already queued for Deepgram" in plan.summary
     assert transcribe_and_stitch(rig, job_id, gpu + deepgram) == [w.text for w in SCRIPT]
+    # The ledger keeps the queue the plan met, for `parascribe costs` to replay against.
+    [entry] = [e for e in Ledger(rig.store, rig.jobs.bucket).entries(month_of()) if e.job_id == job_id]
+    assert (entry.deepgram_queued_requests, entry.deepgram_queued_audio_s) == (30 * slots + 1, (30 * slots + 1) * 15.0)

@@ -12,7 +12,8 @@ from parascribe.budget import Ledger, SpendEntry
 from parascribe.cli import main
 from parascribe.config import load_settings
 from parascribe.contracts import JobManifest, make_job_id
-from parascribe.router.report import costs_report, months_between, parse_since, render
+from parascribe.router.planner import PlannerOptions
+from parascribe.router.report import _replay, costs_report, months_between, parse_since, render
 from tests.fakes import MemoryStore
 from tests.unit.test_router import Stack, pubsub_event, wav
 
@@ -137,6 +138,20 @@ def test_jobs_that_only_deepgram_could_do_are_not_replayed_as_gpu_work() -> None
             chunks={"deepgram": 36}, spilled={"language": 36}, backlog_audio_s=150 * 500))
     doc = costs_report(ledger, settings, timedelta(days=30), now=NOW)
     assert doc["spilled"] == {"language": 108} and doc["recommendations"] == []
+
+
+def test_replays_plan_against_the_deepgram_queue_the_job_met() -> None:
+    """The ledger keeps the Deepgram queue of each plan, so a what-if replay does not assume an idle Deepgram."""
+    options = PlannerOptions.from_settings(load_settings(chunk_overlap_seconds=0, expected_speech_ratio=1.0))
+    entry = SpendEntry(job_id="j", state="done", finished_at=NOW, duration_s=6 * 3600, deadline_minutes=10,
+                       backlog_audio_s=150 * 500)
+
+    def replayed(e: SpendEntry) -> int:
+        return _replay([e], options, 1, lambda x: x.deadline_minutes * 60)[1]
+
+    assert replayed(entry) == 26  # Deepgram idle: 10 chunks fit on the GPU in time, 26 spill
+    queued = entry.model_copy(update={"deepgram_queued_requests": 2000, "deepgram_queued_audio_s": 2000 * 600.0})
+    assert replayed(queued) == 0  # 27 minutes of Deepgram work ahead: nothing meets it, the GPU is sooner
 
 
 def test_since_and_months() -> None:

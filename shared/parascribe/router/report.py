@@ -2,7 +2,7 @@
 
 The figures come from the budget ledger (:mod:`parascribe.budget`): one entry per
 finished job with its cost by method, its all-Deepgram baseline, its fallbacks, and
-the numbers its plan was made with (duration, deadline, GPU backlog). The local
+the numbers its plan was made with (duration, deadline, GPU backlog, Deepgram queue). The local
 metrics file, when there is one, gives the GPU's measured RTFx.
 
 Every recommendation is a what-if replay: the period's ``auto`` jobs are planned again
@@ -66,8 +66,10 @@ def _replay(entries: Sequence[SpendEntry], options: PlannerOptions, max_instance
     """Planned cost and Deepgram chunks of the ``auto`` jobs, replanned with these settings."""
     cost, deepgram = 0.0, 0
     for e in entries:
+        n = e.deepgram_queued_requests  # the queue's requests, each of their mean length
         cap = Capacity(e.backlog_audio_s, min(e.gpu_instances_running, max_instances), max_instances,
-                       options.gpu_expected_rtfx, options.gpu_startup_seconds, options.expected_speech_ratio, "replay")
+                       options.gpu_expected_rtfx, options.gpu_startup_seconds, options.expected_speech_ratio, "replay",
+                       deepgram_queue=(e.deepgram_queued_audio_s / n,) * n if n else ())
         plan = make_plan(e.duration_s, options, "auto", deadline(e), capacity=cap)
         cost += plan.estimated_cost_usd
         deepgram += sum(c.path == "deepgram" for c in plan.chunks)
