@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import httpx
 import pytest
 
 from parascribe import sdk
+from parascribe.config import load_settings
 from parascribe.gcp.storage import GcsStore
 from tests.e2e.conftest import Stack, words
 from tests.speech import speak, word_error_rate
@@ -69,12 +72,29 @@ def site(browser: Any, stack: Stack) -> dict[str, Any]:
             "key": state["api_key"], "state": state}
 
 
+def _planned(job: sdk.Job, timeout_s: float = 120.0) -> None:
+    """Wait until the router has written the job's manifest (its chunks are known)."""
+    deadline = time.monotonic() + timeout_s
+    while not job.status().get("chunks_total"):
+        assert time.monotonic() < deadline, f"{job.id} was not planned within {timeout_s:.0f} s"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
-def request_id(site: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> str:
-    wav = speak(SPEECH, tmp_path_factory.mktemp("console") / FILENAME, rate=150)
+def request_id(site: dict[str, Any], stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The console's job. It is planned while another job's request waits on a frozen Deepgram worker, so its
+    plan meets a real Deepgram queue, which the job page shows."""
+    folder = tmp_path_factory.mktemp("console")
+    wav = speak(SPEECH, folder / FILENAME, rate=150)
+    ahead = speak("This one waits for Deepgram.", folder / "ahead.wav", rate=150)
     client = sdk.Client(site["api"], site["key"])
     try:
-        return sdk.submit(wav, method="gpu", client=client, progress=False).id
+        with stack.paused("deepgram_worker"):
+            _planned(sdk.submit(ahead, method="deepgram", client=client, progress=False))
+            time.sleep(load_settings().backlog_cache_seconds + 1)  # the router's cached read is from before it
+            job = sdk.submit(wav, method="gpu", client=client, progress=False)
+            _planned(job)
+        return job.id
     finally:
         client.close()
 
@@ -174,6 +194,9 @@ def test_the_job_page_plays_seeks_downloads_and_explains(tab: Page, site: dict[s
     assert saved.read_bytes() == stored.data
 
     assert page.locator("#plan-summary").inner_text().strip()
+    facts = dict(zip(page.locator("#plan-facts dt").all_inner_texts(),
+                     page.locator("#plan-facts dd").all_inner_texts(), strict=True))
+    assert re.fullmatch(r"\d+ requests? \(\d+ s of audio\), \d+ at a time", facts["Deepgram queue"]), facts
     assert page.locator("#chunks-body tr").count() == status["chunks_total"]
     assert "delivered" in page.locator('[data-delivery="webhook"]').inner_text()
     tab.shot("job")

@@ -118,8 +118,8 @@ def render(doc: dict[str, Any], as_json: bool) -> str:
         f"  gpu backlog   {doc['backlog_audio_s']:.0f} s of audio ({doc['backlog_source']}), "
         f"{doc['gpu_instances_running']} of {doc['gpu_max_instances']} instances running, "
         f"RTFx {doc['gpu_rtfx']:g}, speech {doc['speech_ratio']:.0%}",
-        f"  deepgram      {doc['deepgram_queued_requests']} requests queued ({doc['deepgram_queued_audio_s']:.0f} s "
-        f"of audio), {doc['deepgram_slots']} in flight at once",
+        f"  deepgram      queue of {doc['deepgram_queued_requests']} ({doc['deepgram_queued_audio_s']:.0f} s "
+        f"of audio), {doc['deepgram_slots']} requests in flight at once",
         f"  finish        {doc['finish_s']:.0f} s ({'meets' if doc['meets_deadline'] else 'misses'} the deadline)",
         f"  cost          ${doc['cost_usd']:.4f}; all-Deepgram ${doc['deepgram_only_usd']:.4f}; "
         f"saves ${doc['savings_usd']:.4f}",

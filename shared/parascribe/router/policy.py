@@ -160,8 +160,9 @@ def explain(plan: Plan, options: PlannerOptions, requested: Method, duration_s: 
         "language": f" (language {language}: the GPU transcribes English only)",
     }.get(spill, "")
     parts.append(where + why)
-    if cap.deepgram_queue:
-        parts.append(f"{len(cap.deepgram_queue)} requests already queued for Deepgram "
+    queued = len(cap.deepgram_queue)
+    if queued and (deepgram or plan.method in PLANNER_CHOOSES):  # where it could have changed the plan
+        parts.append(f"{queued} request{'s' if queued != 1 else ''} already queued for Deepgram "
                      f"({_span(cap.deepgram_queued_audio_s)} of audio, {options.deepgram_slots} at a time)")
     parts.append(f"done in ~{_span(plan.estimated_finish_s)} against a {_span(deadline_s)} deadline"
                  + ("" if plan.meets_deadline else " (misses it)"))

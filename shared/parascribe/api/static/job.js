@@ -181,7 +181,8 @@
       fact(facts, "Why Deepgram", p.spill_reason === "none" ? null : p.spill_reason);
       fact(facts, "GPU backlog", `${Math.round(p.backlog_audio_s)} s of audio (${p.backlog_source})`);
       fact(facts, "Deepgram queue", p.deepgram_queued_requests
-        ? `${p.deepgram_queued_requests} requests (${Math.round(p.deepgram_queued_audio_s)} s of audio), ` +
+        ? `${p.deepgram_queued_requests} request${p.deepgram_queued_requests === 1 ? "" : "s"} ` +
+          `(${Math.round(p.deepgram_queued_audio_s)} s of audio), ` +
           `${p.deepgram_slots} at a time`
         : null);
       fact(facts, "Estimated cost", `${PS.fmtUsd(p.cost_usd)} (all-Deepgram ${PS.fmtUsd(p.deepgram_only_usd)})`);
