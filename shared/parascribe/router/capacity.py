@@ -122,7 +122,7 @@ class Capacity:
 
 
 class LoadSource(Protocol):
-    """One way to see the GPU path's load. ``load`` raises when it cannot."""
+    """One way to see the paths' load. ``load`` raises when it cannot."""
 
     name: str
 
