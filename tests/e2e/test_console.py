@@ -90,10 +90,13 @@ def request_id(site: dict[str, Any], stack: Stack, tmp_path_factory: pytest.Temp
     client = sdk.Client(site["api"], site["key"])
     try:
         with stack.paused("deepgram_worker"):
-            _planned(sdk.submit(ahead, method="deepgram", client=client, progress=False))
+            first = sdk.submit(ahead, method="deepgram", client=client, progress=False)
+            _planned(first)
             time.sleep(load_settings().backlog_cache_seconds + 1)  # the router's cached read is from before it
             job = sdk.submit(wav, method="gpu", client=client, progress=False)
             _planned(job)
+        held = first.wait(timeout=WAIT_MS / 1000)  # the request the frozen worker held goes through once it thaws
+        assert held["state"] == "done", held
         return job.id
     finally:
         client.close()
