@@ -289,3 +289,31 @@ def test_monitoring_converts_messages_to_audio_seconds() -> None:
         "no Deepgram series in the window: nothing queued there"
     with pytest.raises(LookupError):
         MonitoringLoad(_Reader(None, 1), chunk_seconds=600.0).load()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    slots=st.integers(1, 20),
+    queue=st.lists(st.floats(1.0, 4000.0), max_size=60),
+    chunks=st.lists(st.floats(1.0, 4000.0), min_size=1, max_size=40),
+    extra=st.floats(1.0, 4000.0),
+)
+def test_deepgram_slots_keep_their_promises(slots: int, queue: list[float], chunks: list[float], extra: float) -> None:
+    from parascribe.router.deepgram_slots import DeepgramSlots
+
+    path = DeepgramSlots(slots, 3.0, 60.0, queue)
+    done = path.finish_s(chunks)
+    assert done >= max(map(path.request_s, chunks)) - 1e-9, "no request is done before it could run alone"
+    if len(queue) + len(chunks) <= slots:
+        assert done == pytest.approx(max(map(path.request_s, chunks))), "with a slot each, nothing waits"
+    longer = DeepgramSlots(slots, 3.0, 60.0, [*queue, extra])
+    assert longer.finish_s(chunks) >= done - 1e-9, "more queued work never finishes the job sooner"
+    assert path.finish_s(chunks) == done, "timing a plan leaves the slots as they were"
+
+
+@given(slots=st.integers(1, 20), n=st.integers(1, 100), audio_s=st.floats(1.0, 4000.0))
+def test_an_idle_pool_runs_equal_chunks_in_waves(slots: int, n: int, audio_s: float) -> None:
+    from parascribe.router.deepgram_slots import DeepgramSlots
+
+    path = DeepgramSlots(slots, 3.0, 60.0)
+    assert path.finish_s([audio_s] * n) == pytest.approx(-(-n // slots) * (3.0 + audio_s / 60.0))
