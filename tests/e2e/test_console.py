@@ -282,3 +282,21 @@ def _cancel_from_the_page(tab: Page, site: dict[str, Any], wav: Path) -> None:
     assert "cancelled at the user's request" in page.locator("#job-reason").inner_text()
     page.wait_for_selector("#cancel-job", state="hidden")
     tab.shot("job-cancelled")
+
+
+def test_the_state_filter_is_applied_by_the_api_and_keeps_the_focus(tab: Page, site: dict[str, Any],
+                                                                    request_id: str) -> None:
+    page = tab.page
+    page.goto(site["url"])
+    page.wait_for_selector(f'tr[data-id="{request_id}"][data-state="done"]', timeout=WAIT_MS)
+    page.select_option("#state-filter", "done")
+    page.wait_for_selector('#jobs-body tr:not([data-state="done"])', state="detached", timeout=30_000)
+    assert page.locator(f'tr[data-id="{request_id}"]').is_visible()
+    page.focus("#state-filter")  # as a keyboard user: the filter keeps the focus while the table is fetched again
+    page.select_option("#state-filter", "failed")
+    # Fetched again with ?state=failed: the done job is gone from the table, not merely hidden.
+    page.wait_for_selector(f'tr[data-id="{request_id}"]', state="detached", timeout=30_000)
+    assert page.evaluate("document.activeElement.id") == "state-filter"
+    assert all(s == "failed" for s in page.locator("#jobs-body tr").evaluate_all("rs => rs.map(r => r.dataset.state)"))
+    page.select_option("#state-filter", "")
+    page.wait_for_selector(f'tr[data-id="{request_id}"]', timeout=30_000)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from google.cloud import pubsub_v1
 
 from parascribe import names
+from parascribe.api import views
 from parascribe.api.app import build
 from parascribe.api.auth import hash_api_key
 from parascribe.api.uploads import GcsUploads, UploadOptions
@@ -36,6 +37,7 @@ from parascribe.names import (
     META_REQUEST_ID,
     META_SOURCE_URL,
 )
+from parascribe.requests_store import RequestStore
 
 pytestmark = pytest.mark.integration
 
@@ -282,6 +284,59 @@ def test_list_is_newest_first_and_paginates(api: Api) -> None:
     assert seen == list(reversed(made)) and pages == 3
     assert api.client.get("/v1/jobs", headers=AUTH, params={"cursor": "bogus"}).status_code == 422
     assert api.client.get("/v1/jobs", headers=AUTH, params={"limit": 0}).status_code == 422
+
+
+def _all_pages(api: Api, **params: str | int) -> tuple[list[str], int]:
+    """Every request id the list gives with these parameters, following next_cursor; and the pages it took."""
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = api.client.get("/v1/jobs", headers=AUTH, params=params | ({"cursor": cursor} if cursor else {}))
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert len(body["jobs"]) <= int(params.get("limit", 20))
+        seen += [j["request_id"] for j in body["jobs"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen, pages
+
+
+def test_the_list_filters_by_state_across_pages(api: Api) -> None:
+    made = [api.client.post("/v1/jobs", headers=AUTH, json={"url": f"https://example.com/{i}.mp3"}).json()["job_id"]
+            for i in range(7)]
+    requests = RequestStore(api.store, api.settings.state_bucket)
+    for rid in (made[1], made[4], made[5]):
+        requests.update(rid, lambda r: r.model_copy(update={"state": "failed", "reason": "the URL answered 404"}))
+    job_id = make_job_id(api.settings.uploads_bucket, f"ingest/{made[2]}/2.mp3", 1)
+    requests.update(made[2], lambda r: r.model_copy(update={"state": "submitted", "job_id": job_id}))
+    JobStore(api.store, api.settings.state_bucket).update_status(
+        job_id, lambda _: JobStatus(job_id=job_id, state="done", chunks_done=1, chunks_total=1))
+
+    newest_first = list(reversed(made))
+    assert _all_pages(api, limit=2, state="failed")[0] == [made[5], made[4], made[1]]
+    assert _all_pages(api, limit=2, state="done")[0] == [made[2]]
+    assert _all_pages(api, limit=2, state="active")[0] == [r for r in newest_first if r in (made[0], made[3], made[6])]
+    everything, pages = _all_pages(api, limit=3)
+    assert everything == newest_first and pages == 3
+    failed = api.client.get("/v1/jobs", headers=AUTH, params={"state": "failed"}).json()
+    assert {j["state"] for j in failed["jobs"]} == {"failed"} and failed["next_cursor"] is None
+    assert failed["jobs"][0]["reason"] == "the URL answered 404"
+    assert api.client.get("/v1/jobs", headers=AUTH, params={"state": "cancelled"}).status_code == 422
+
+
+def test_a_filtered_page_reads_a_bounded_number_of_jobs_and_the_cursor_goes_on(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = [api.client.post("/v1/jobs", headers=AUTH, json={"url": f"https://example.com/{i}.mp3"}).json()["job_id"]
+            for i in range(5)]
+    RequestStore(api.store, api.settings.state_bucket).update(
+        made[0], lambda r: r.model_copy(update={"state": "failed", "reason": "gone"}))
+    monkeypatch.setattr(views, "FILTER_SCAN", 2)
+    first = api.client.get("/v1/jobs", headers=AUTH, params={"state": "failed"}).json()
+    assert first["jobs"] == [] and first["next_cursor"], "two jobs read, none failed: an empty page that goes on"
+    found, pages = _all_pages(api, state="failed")
+    assert found == [made[0]] and pages == 3  # 2 + 2 + 1 jobs read
 
 
 def test_openapi_lists_every_endpoint(api: Api) -> None:

@@ -36,7 +36,7 @@ from parascribe.api.models import (
 )
 from parascribe.api.uploads import GcsUploads, UploadOptions, Uploads, parse_gcs_uri, safe_filename, upload_prefix
 from parascribe.api.urls import UrlRejected, check_url
-from parascribe.api.views import JobsView, describe
+from parascribe.api.views import JobsView, ListFilter, describe
 from parascribe.config import Settings
 from parascribe.contracts import make_job_id
 from parascribe.contracts_api import ApiRequest, IngestRequest
@@ -134,13 +134,16 @@ def _app(deps: Deps) -> FastAPI:
         return _upload(deps, request, body)
 
     @app.get("/v1/jobs", response_model=JobList, dependencies=auth, tags=["jobs"])
-    def list_jobs(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None) -> JobList:
-        """Jobs newest first: requests made through this API and files dropped into the bucket (the router lists those)."""
+    def list_jobs(limit: Annotated[int, Query(ge=1, le=100)] = 20, cursor: str | None = None,
+                  state: ListFilter | None = None) -> JobList:
+        """Jobs newest first: requests made through this API and files dropped into the bucket (the router lists
+        those). ``state`` keeps the ``done``, the ``failed`` or the ``active`` (not yet ended) ones; such a page
+        looks at 500 jobs at most, so it may hold fewer than ``limit`` and still have a ``next_cursor``."""
         try:
-            page, next_cursor = deps.requests.recent(limit, cursor)
+            jobs, next_cursor = deps.view.page(limit, cursor, state)
         except ValueError as err:
             raise ApiError(422, str(err)) from None
-        return JobList(jobs=deps.view.resolve_many(page), next_cursor=next_cursor)
+        return JobList(jobs=jobs, next_cursor=next_cursor)
 
     @app.get("/v1/jobs/{job_id}", dependencies=auth, tags=["jobs"])
     def get_job(job_id: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Literal
 
 from parascribe import names
 from parascribe.api.errors import ApiError
@@ -18,10 +18,15 @@ from parascribe.api.uploads import Uploads, request_id_of, upload_prefix
 from parascribe.contracts import JobStatus, make_job_id
 from parascribe.contracts_api import ApiRequest, is_request_id
 from parascribe.jobs import JobStore
-from parascribe.requests_store import RequestStore
+from parascribe.requests_store import RequestStore, index_key
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"j[0-9a-f]{20}")
+
+ListFilter = Literal["active", "done", "failed"]
+ENDED = frozenset({"done", "failed"})
+FILTER_SCAN = 500
+"""Records a filtered page reads at most: the filter costs one status read per record."""
 
 
 def is_job_id(value: str) -> bool:
@@ -75,11 +80,41 @@ class JobsView:
         raise ApiError(404, f"{any_id!r} is neither a request id (r + 20 hex) nor a job id (j + 20 hex)")
 
     def resolve_many(self, requests: list[ApiRequest]) -> list[dict[str, Any]]:
-        out = []
-        for request in requests:
-            request = self._with_job(request)
-            out.append(describe(self._jobs.status(request.job_id) if request.job_id else None, request))
-        return out
+        return [self._describe(r) for r in requests]
+
+    def page(self, limit: int, cursor: str | None, state: ListFilter | None = None) -> tuple[list[dict[str, Any]],
+                                                                                          str | None]:
+        """Jobs newest first, and the cursor after them (None on the last page).
+
+        With ``state``, only the jobs in it (``active``: not yet ended). Such a page reads at most
+        :data:`FILTER_SCAN` records, so it may hold fewer than ``limit`` jobs and still have a cursor.
+
+        Raises:
+            ValueError: ``cursor`` is not one this API handed out.
+        """
+        if state is None:
+            records, after = self._requests.recent(limit, cursor)
+            return self.resolve_many(records), after
+        found: list[dict[str, Any]] = []
+        scanned = 0
+        while scanned < FILTER_SCAN:
+            records, after = self._requests.recent(min(100, FILTER_SCAN - scanned), cursor)
+            for i, record in enumerate(records):
+                scanned += 1
+                job = self._describe(record)
+                if (job["state"] not in ENDED) if state == "active" else job["state"] == state:
+                    found.append(job)
+                if len(found) == limit:
+                    last = i == len(records) - 1 and after is None
+                    return found, None if last else index_key(record.request_id, record.created_at)
+            if after is None:
+                return found, None
+            cursor = after
+        return found, cursor
+
+    def _describe(self, request: ApiRequest) -> dict[str, Any]:
+        request = self._with_job(request)
+        return describe(self._jobs.status(request.job_id) if request.job_id else None, request)
 
     def _with_job(self, request: ApiRequest) -> ApiRequest:
         """``request``, with its job id once its upload has landed under ``api/<request_id>/``."""

@@ -235,13 +235,25 @@ let lastJobs = [];
 
 function showJobs() {
   fillEmptyState();
+  // A filter is applied by the API too, so older jobs in that state show; such a page reads up to 500 jobs
+  // on the server, so it is fetched less often.
+  const filter = document.getElementById("state-filter").value;
+  const query = "/v1/jobs?limit=50" + (filter ? "&state=" + encodeURIComponent(filter) : "");
   PS.poll(async () => {
-    const page = await PS.api("/v1/jobs?limit=50");
+    const page = await PS.api(query);
     lastJobs = page.jobs;
     renderJobs(lastJobs);
     PS.flash("");
     return true;
-  }, 2000);
+  }, filter ? 10000 : 2000);
+}
+
+/** Fetch the jobs again at once with the new filter, keeping the focus where it is. */
+function refilterJobs() {
+  renderJobs(lastJobs);
+  viewToken += 1;
+  clearTimeout(viewTimer);
+  showJobs();
 }
 
 function start() {
@@ -266,7 +278,7 @@ function start() {
     sessionStorage.removeItem(KEY_ITEM);
     showLogin("Signed out.");
   });
-  document.getElementById("state-filter").addEventListener("change", () => renderJobs(lastJobs));
+  document.getElementById("state-filter").addEventListener("change", refilterJobs);
   window.addEventListener("hashchange", route);
   route();
 }
