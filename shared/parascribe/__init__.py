@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Job", "Transcript", "connect", "submit", "transcribe"]
+__all__ = ["Job", "Transcript", "connect", "list_jobs", "submit", "transcribe"]
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,7 @@
     print(t.text, t.cost_usd, t.to_srt())
     job = parascribe.submit("meeting.m4a", method="gpu", wait=False) # a Job handle
     job.wait(timeout=600)
+    failed = list(parascribe.list_jobs(state="failed", limit=20))   # newest first
 
 ``source`` is a local path (uploaded through a signed resumable session, so the
 audio never passes through the API), a ``gs://`` URI, or an http(s) URL (fetched by
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, overload
@@ -229,6 +230,31 @@ class Job:
             metadata=dict(doc.get("metadata") or {}),
             _job=self,
         )
+
+
+def list_jobs(state: Literal["done", "failed", "active"] | None = None, *, limit: int | None = None,
+              client: Client | None = None) -> Iterator[dict[str, Any]]:
+    """Jobs newest first, each as :meth:`Job.status` gives it, following the API's cursor page by page.
+
+    Args:
+        state: only the ``done``, the ``failed`` or the ``active`` (not yet ended) ones.
+        limit: stop after this many; None goes to the oldest.
+    """
+    client = client or connect()
+    cursor: str | None = None
+    given = 0
+    while True:
+        params: dict[str, Any] = {"limit": 100} | ({"state": state} if state else {}) | (
+            {"cursor": cursor} if cursor else {})
+        page = client.request("GET", "/v1/jobs", params=params).json()
+        for job in page["jobs"]:
+            if limit is not None and given >= limit:
+                return
+            given += 1
+            yield dict(job)
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
 
 
 def _options(method: str | None, deadline_minutes: float | None, callback_url: str | None,

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from google.cloud import pubsub_v1
 
-from parascribe import names
+from parascribe import names, sdk
 from parascribe.api import views
 from parascribe.api.app import build
 from parascribe.api.auth import hash_api_key
@@ -324,6 +324,15 @@ def test_the_list_filters_by_state_across_pages(api: Api) -> None:
     assert {j["state"] for j in failed["jobs"]} == {"failed"} and failed["next_cursor"] is None
     assert failed["jobs"][0]["reason"] == "the URL answered 404"
     assert api.client.get("/v1/jobs", headers=AUTH, params={"state": "cancelled"}).status_code == 422
+    # The Python API gives the same.
+    client = _sdk_client(api)
+    assert [j["request_id"] for j in sdk.list_jobs("failed", client=client)] == [made[5], made[4], made[1]]
+    assert [j["request_id"] for j in sdk.list_jobs(client=client, limit=4)] == newest_first[:4]
+
+
+def _sdk_client(api: Api) -> sdk.Client:
+    api.client.headers["authorization"] = f"Bearer {KEY}"
+    return sdk.Client("http://testserver", KEY, http=api.client)
 
 
 def test_a_filtered_page_reads_a_bounded_number_of_jobs_and_the_cursor_goes_on(
@@ -337,6 +346,8 @@ def test_a_filtered_page_reads_a_bounded_number_of_jobs_and_the_cursor_goes_on(
     assert first["jobs"] == [] and first["next_cursor"], "two jobs read, none failed: an empty page that goes on"
     found, pages = _all_pages(api, state="failed")
     assert found == [made[0]] and pages == 3  # 2 + 2 + 1 jobs read
+    assert [j["request_id"] for j in sdk.list_jobs("failed", client=_sdk_client(api))] == [made[0]], \
+        "the Python API follows the cursor over the empty pages"
 
 
 def test_openapi_lists_every_endpoint(api: Api) -> None:
