@@ -10,8 +10,7 @@ The forms below are a public interface; keep them stable:
     parascribe metrics                  parascribe webhook redeliver JOB_ID
     parascribe console [--no-open]
     parascribe plan FILE | --duration HOURS [--deadline-minutes N] [--backlog-seconds S] [--deepgram-queue N]
-                    [--method M]
-                    [--language L] [--json]
+                    [--method M] [--language L] [--json]
     parascribe costs [--since 30d] [--json]
     parascribe deepgram-server          parascribe names --json
 
@@ -34,7 +33,6 @@ from typing import TYPE_CHECKING
 from google.auth.exceptions import DefaultCredentialsError
 
 from parascribe import cli_submit, names
-from parascribe.api.models import TRANSCRIPT_FORMATS
 from parascribe.errors import ConfigError, ParascribeError
 
 if TYPE_CHECKING:
@@ -329,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("transcript", help="print or save one output of a done job (request id or job id)")
     tr.add_argument("job_id")
-    tr.add_argument("--format", default="txt", choices=TRANSCRIPT_FORMATS, help="the output to fetch (default txt)")
+    tr.add_argument("--format", default="txt", choices=names.OUTPUT_FORMATS, help="the output to fetch (default txt)")
     tr.add_argument("-o", "--output", metavar="FILE", help="write it to FILE instead of standard output")
     tr.set_defaults(fn=cli_submit.transcript)
 

@@ -39,6 +39,9 @@ API_UPLOAD_PREFIX = "api/"
 INGEST_UPLOAD_PREFIX = "ingest/"
 """``ingest/<request_id>/<title>``: audio the ingest worker fetched from a URL."""
 
+OUTPUT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt", "words.csv", "segments.csv")
+"""The merger's outputs, by the names a status's ``outputs`` and ``?format=`` use; each object ends ``.<format>``."""
+
 BUCKET_UPLOADS = "uploads"
 BUCKET_TRANSCRIPTS = "transcripts"
 BUCKET_STATE = "state"

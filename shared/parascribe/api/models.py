@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from parascribe import names
 from parascribe.contracts import Method
 from parascribe.languages import parse_language
 
-TRANSCRIPT_FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt", "words.csv", "segments.csv")
-"""The merger's output formats (``parascribe.merger.formats.FORMATS``), by the names ``outputs`` uses."""
+TRANSCRIPT_FORMATS = names.OUTPUT_FORMATS
 
 
 class JobOptions(BaseModel):

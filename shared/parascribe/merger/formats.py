@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from parascribe import names
 from parascribe.contracts import JobManifest, JobSummary, SourceRef, Word
 from parascribe.merger.stitch import Transcript
 
@@ -22,7 +23,7 @@ MAX_LINE_CHARS = 42
 MAX_LINES = 2
 MAX_CUE_SECONDS = 7.0
 
-FORMATS: tuple[str, ...] = ("json", "txt", "srt", "vtt", "words.csv", "segments.csv")
+FORMATS = names.OUTPUT_FORMATS
 CONTENT_TYPES: dict[str, str] = {
     "json": "application/json",
     "txt": "text/plain; charset=utf-8",
