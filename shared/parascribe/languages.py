@@ -33,6 +33,11 @@ def parse_language(value: object) -> str:
     return text
 
 
+def optional_language(value: object) -> str | None:
+    """:func:`parse_language`, where a missing or blank value means the deployment's default (None)."""
+    return None if value is None or str(value).strip() == "" else parse_language(value)
+
+
 def gpu_transcribes(language: str | None) -> bool:
     """Whether the GPU path (Parakeet, English only) can transcribe speech in ``language``; None is the default."""
     return language is None or language.lower() == "en" or language.lower().startswith("en-")

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from parascribe import names
 from parascribe.contracts import Method
-from parascribe.languages import parse_language
+from parascribe.languages import MAX_LENGTH, optional_language
 
 TRANSCRIPT_FORMATS = names.OUTPUT_FORMATS
 
@@ -20,7 +20,7 @@ class JobOptions(BaseModel):
 
     method: Method | None = Field(None, description="auto | gpu | deepgram | hybrid")
     deadline_minutes: float | None = Field(None, gt=0, description="finish within this many minutes")
-    language: str | None = Field(None, max_length=35, examples=["en", "es", "pt-BR", "multi"],
+    language: str | None = Field(None, max_length=MAX_LENGTH, examples=["en", "es", "pt-BR", "multi"],
                                  description="the spoken language (default en); the GPU path transcribes English "
                                              "only, so any other language goes to Deepgram")
     callback_url: str | None = Field(None, max_length=2048,
@@ -29,7 +29,7 @@ class JobOptions(BaseModel):
     @field_validator("language")
     @classmethod
     def _language(cls, value: str | None) -> str | None:
-        return None if value is None or not value.strip() else parse_language(value)
+        return optional_language(value)
 
 
 class TranscribeBody(JobOptions):

@@ -23,7 +23,7 @@ from parascribe.contracts import Method, Origin, SourceRef, UploadEvent
 from parascribe.contracts_api import is_request_id
 from parascribe.errors import MalformedMessageError
 from parascribe.gcp.pubsub import Message
-from parascribe.languages import parse_language
+from parascribe.languages import optional_language
 from parascribe.names import (
     META_CALLBACK_URL,
     META_DEADLINE,
@@ -163,11 +163,8 @@ def _origin(metadata: dict[str, Any], problems: list[str]) -> Origin:
 
 def _language(metadata: dict[str, Any], problems: list[str]) -> str | None:
     """The spoken language the upload names (``parascribe-language``); None when it names none."""
-    raw = metadata.get(META_LANGUAGE)
-    if raw is None or str(raw).strip() == "":
-        return None
     try:
-        return parse_language(raw)
+        return optional_language(metadata.get(META_LANGUAGE))
     except ValueError as err:
         problems.append(f"{META_LANGUAGE}: {err}")
         return None
