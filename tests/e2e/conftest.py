@@ -10,10 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from parascribe.local import stack as stack_mod
@@ -54,6 +57,18 @@ class Stack:
     home: Path
     env: dict[str, str]
 
+    def state(self) -> dict[str, Any]:
+        """The running stack's ``stack.json``: ports, pids, parts, project, emulator hosts, keys."""
+        return dict(json.loads((self.home / "stack.json").read_text()))
+
+    def read_gs(self, uri: str) -> bytes:
+        """An object of the stack's fake-gcs-server, by its ``gs://`` URI."""
+        bucket, _, name = uri.removeprefix("gs://").partition("/")
+        r = httpx.get(f"{self.state()['storage_host']}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}",
+                      params={"alt": "media"})
+        r.raise_for_status()
+        return r.content
+
     @contextlib.contextmanager
     def paused(self, part: str) -> Iterator[None]:
         """Freeze one running part (SIGSTOP to its process group), as a hung instance, and thaw it after.
@@ -61,7 +76,7 @@ class Stack:
         The supervisor watches for exits only, so a frozen part is not restarted; its leased messages come
         back once it thaws or their deadlines pass.
         """
-        pid = int(json.loads((self.home / "stack.json").read_text())["parts"][part]["pid"])
+        pid = int(self.state()["parts"][part]["pid"])
         os.killpg(pid, signal.SIGSTOP)
         try:
             yield

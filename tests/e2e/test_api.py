@@ -23,7 +23,6 @@ from standardwebhooks.webhooks import Webhook
 
 import parascribe
 from parascribe import sdk
-from parascribe.gcp.storage import GcsStore
 from tests.e2e.conftest import Stack, words
 from tests.media import MediaServer, write_hls, write_mp4
 from tests.speech import speak
@@ -42,7 +41,7 @@ def wer(text: str) -> float:
 
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> tuple[str, str]:
-    state = json.loads((stack.home / "stack.json").read_text())
+    state = stack.state()
     assert state.get("api_key") and state["ports"].get("api"), "parascribe up records the API's port and key"
     return f"http://127.0.0.1:{state['ports']['api']}", str(state["api_key"])
 
@@ -147,13 +146,10 @@ def test_the_cli_submits_a_url_and_fetches_its_outputs(stack: Stack, media: str,
     # The outputs, later, by request id or job id: to standard output, or to a file.
     txt = stack.cli("transcript", record["request_id"], timeout=60)
     assert txt.returncode == 0 and txt.stdout == record["text"], txt.stderr[-2000:]
-    bucket, _, name = record["outputs"]["srt"].removeprefix("gs://").partition("/")
-    state = json.loads((stack.home / "stack.json").read_text())
-    stored = GcsStore.create(state["project"], state["storage_host"]).read(bucket, name)
-    assert stored is not None
+    stored = stack.read_gs(record["outputs"]["srt"])
     saved = tmp_path / "river.srt"
     srt = stack.cli("transcript", record["job_id"], "--format", "srt", "-o", str(saved), timeout=60)
-    assert srt.returncode == 0 and saved.read_bytes() == stored.data and srt.stdout == ""
+    assert srt.returncode == 0 and saved.read_bytes() == stored and srt.stdout == ""
     assert f"srt written to {saved}" in srt.stderr
 
 
@@ -193,7 +189,7 @@ def test_a_callback_url_receives_the_signed_webhook(stack: Stack, http: httpx.Cl
         status = wait_final(http, r.json()["job_id"])
         assert status["state"] == "done" and status["callback"]["state"] == "delivered", status
         [(headers, body)] = receiver.requests
-        secret = json.loads((stack.home / "stack.json").read_text())["webhook_secret"]
+        secret = stack.state()["webhook_secret"]
         payload = Webhook(secret if secret.startswith("whsec_") else "whsec_" + _b64(secret)).verify(body, headers)
         assert payload["job_id"] == status["job_id"] and payload["status"] == "done"
     finally:

@@ -8,7 +8,6 @@ Screenshots land in ``build/console-screenshots/`` (the README shows copies from
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,7 +21,6 @@ import pytest
 
 from parascribe import sdk
 from parascribe.config import load_settings
-from parascribe.gcp.storage import GcsStore
 from tests.e2e.conftest import Stack, words
 from tests.speech import speak, word_error_rate
 
@@ -67,7 +65,7 @@ def site(browser: Any, stack: Stack) -> dict[str, Any]:
     """The console's URL (from ``parascribe console``), and the API's address and key."""
     proc = stack.cli("console", "--no-open", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    state = json.loads((stack.home / "stack.json").read_text())
+    state = stack.state()
     return {"url": proc.stdout.strip(), "api": f"http://127.0.0.1:{state['ports']['api']}",
             "key": state["api_key"], "state": state}
 
@@ -161,7 +159,7 @@ def test_the_jobs_table_follows_the_job_to_done_without_a_reload(tab: Page, site
 
 
 def test_the_job_page_plays_seeks_downloads_and_explains(tab: Page, site: dict[str, Any], request_id: str,
-                                                         tmp_path: Path) -> None:
+                                                         stack: Stack, tmp_path: Path) -> None:
     page = tab.page
     page.goto(site["url"])
     page.locator(f'tr[data-id="{request_id}"] td.name a').click()
@@ -187,14 +185,12 @@ def test_the_job_page_plays_seeks_downloads_and_explains(tab: Page, site: dict[s
                          "getComputedStyle(document.activeElement).outlineStyle === 'solid'"), "visible focus"
 
     status = httpx.get(f"{site['api']}/v1/jobs/{request_id}", headers={"authorization": f"Bearer {site['key']}"}).json()
-    bucket, _, name = status["outputs"]["srt"].removeprefix("gs://").partition("/")
-    stored = GcsStore.create(site["state"]["project"], site["state"]["storage_host"]).read(bucket, name)
-    assert stored is not None
+    stored = stack.read_gs(status["outputs"]["srt"])
     with page.expect_download() as download:
         page.click('#downloads a[data-format="srt"]')
     saved = tmp_path / "transcript.srt"
     download.value.save_as(str(saved))
-    assert saved.read_bytes() == stored.data
+    assert saved.read_bytes() == stored
 
     assert page.locator("#plan-summary").inner_text().strip()
     facts = dict(zip(page.locator("#plan-facts dt").all_inner_texts(),

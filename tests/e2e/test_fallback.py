@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,8 +50,7 @@ def broken_gpu_stack(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_two_stacks_run_side_by_side(stack: Stack, broken_gpu_stack: Stack) -> None:
-    first = json.loads((stack.home / "stack.json").read_text())
-    second = json.loads((broken_gpu_stack.home / "stack.json").read_text())
+    first, second = stack.state(), broken_gpu_stack.state()
     assert not set(first["ports"].values()) & set(second["ports"].values())
     assert first["pubsub_host"] != second["pubsub_host"] and first["storage_host"] != second["storage_host"]
     health = httpx.get(f"http://127.0.0.1:{second['ports']['asr_worker']}/healthz", timeout=5)
@@ -70,11 +68,7 @@ def test_unusable_gpu_engine_falls_back_to_deepgram_without_losing_words(
     error_rate = float(jiwer.wer(" ".join(words(SENTENCE)), " ".join(words(str(record["text"])))))
     assert error_rate <= 0.35, f"WER {error_rate:.3f} after fallback: {record['text']}"
 
-    state = json.loads((broken_gpu_stack.home / "stack.json").read_text())
-    uri = str(dict(record["outputs"])["json"])  # type: ignore[call-overload]
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    doc = httpx.get(f"{state['storage_host']}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}",
-                    params={"alt": "media"}).json()
+    doc = json.loads(broken_gpu_stack.read_gs(str(dict(record["outputs"])["json"])))  # type: ignore[call-overload]
     status = json.loads(broken_gpu_stack.cli("status", str(record["job_id"]), "--json").stdout)
     assert status["chunks_total"] >= 2
     assert doc["metadata"]["fallbacks"] == status["chunks_total"], doc["metadata"]

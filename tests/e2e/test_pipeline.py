@@ -25,18 +25,6 @@ from tests.speech import speak
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def stack_state(stack: Stack) -> dict[str, object]:
-    return json.loads((stack.home / "stack.json").read_text())
-
-
-def read_gs(stack: Stack, uri: str) -> bytes:
-    bucket, _, name = uri.removeprefix("gs://").partition("/")
-    host = stack_state(stack)["storage_host"]
-    r = httpx.get(f"{host}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}", params={"alt": "media"})
-    r.raise_for_status()
-    return r.content
-
-
 def job_status(stack: Stack, job_id: str) -> dict[str, object]:
     proc = stack.cli("status", job_id, "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -69,7 +57,7 @@ def test_spoken_paragraph_through_many_chunks(stack: Stack, paragraph_wav: Path)
 
     outputs = dict(record["outputs"])  # type: ignore[call-overload]
     assert {"json", "txt"} <= set(outputs)
-    doc = json.loads(read_gs(stack, outputs["json"]))
+    doc = json.loads(stack.read_gs(outputs["json"]))
     chunk_s = 15.0
     boundaries = [chunk_s * i for i in range(1, int(duration // chunk_s) + 1) if chunk_s * i < duration]
     assert_no_boundary_doubles(doc, boundaries)
@@ -80,7 +68,7 @@ def test_spoken_paragraph_through_many_chunks(stack: Stack, paragraph_wav: Path)
 
 def _publish_duplicate_notification(stack: Stack, bucket: str, name: str) -> None:
     """Publish the GCS notification for an object again, as at-least-once delivery may."""
-    state = stack_state(stack)
+    state = stack.state()
     host = state["storage_host"]
     meta = httpx.get(f"{host}/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}").json()
     env = {**stack.env, "PUBSUB_EMULATOR_HOST": str(state["pubsub_host"])}

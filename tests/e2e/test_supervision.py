@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Stack
-from tests.e2e.test_pipeline import job_status, stack_state
+from tests.e2e.test_pipeline import job_status
 from tests.speech import speak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -23,7 +23,7 @@ SENTENCE = "Every upload ends done or failed exactly once, even when a worker is
 
 
 def part(stack: Stack, name: str) -> dict[str, object]:
-    return dict(stack_state(stack)["parts"][name])  # type: ignore[index]
+    return dict(stack.state()["parts"][name])
 
 
 def wait_until(predicate: object, timeout_s: float, what: str) -> None:

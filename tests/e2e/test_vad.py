@@ -20,7 +20,6 @@ import soundfile as sf
 from parascribe.audio import SAMPLE_RATE, decode_span
 from parascribe.merger.formats import NO_SPEECH_NOTE
 from tests.e2e.conftest import PARAGRAPH, Stack, words
-from tests.e2e.test_pipeline import read_gs
 from tests.speech import speak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -51,7 +50,7 @@ def noise(n: int, seed: int) -> np.ndarray:
 
 def json_doc(stack: Stack, record: dict[str, object]) -> dict[str, object]:
     outputs = dict(record["outputs"])  # type: ignore[call-overload]
-    return dict(json.loads(read_gs(stack, str(outputs["json"]))))
+    return dict(json.loads(stack.read_gs(str(outputs["json"]))))
 
 
 def test_pauses_and_music_are_skipped_and_the_paragraph_is_transcribed(stack: Stack, tmp_path: Path) -> None:
